@@ -1,0 +1,40 @@
+# One-command set-up on a fresh machine: `make test` (tests) and `make bench` (kernel benchmark).
+# Both create .venv, install torch $(TORCH_VERSION) and the tools, build hal_ext, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+HAL_EXT_CUDA ?= auto
+BENCH_ARGS ?= --quick
+export HAL_EXT_CUDA
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+.PHONY: setup build test bench bench-full clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements-dev.txt
+	@echo "==> creating $(VENV) with torch==$(TORCH_VERSION) (a few minutes the first time)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar off torch==$(TORCH_VERSION) -r requirements-dev.txt
+	touch $@
+
+build: setup
+	@echo "==> building hal_ext (HAL_EXT_CUDA=$(HAL_EXT_CUDA)); compiler output follows"
+	@mkdir -p build
+	$(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log | $(PY) scripts/build_progress.py \
+		|| { echo "==> build failed; last lines of build/build.log:"; tail -40 build/build.log; exit 1; }
+	$(PY) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> build_info:', info); sys.exit(0 if info['compiled'] else 1)"
+
+test: build
+	$(PY) -m pytest tests
+
+bench: build
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+bench-full:
+	$(MAKE) bench BENCH_ARGS=--full
+
+clean:
+	rm -rf build hal_ext/_C*.so hal_ext/_build_config.py *.egg-info

@@ -1,0 +1,75 @@
+// CPU kernels of hal_ext::classifier_discrepancy (math in classifier_discrepancy_math.h).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/cpu_reduce.h"
+#include "common/macros.h"
+#include "ops/classifier_discrepancy_math.h"
+
+namespace hal_ext {
+namespace {
+
+namespace math = classifier_discrepancy_math;
+
+at::Tensor classifier_discrepancy_cpu(const at::Tensor& predictions1, const at::Tensor& predictions2) {
+  check_float_tensor(predictions1, "predictions1");
+  check_paired(predictions1, "predictions1", predictions2, "predictions2");
+  const at::Tensor p1 = predictions1.contiguous(), p2 = predictions2.contiguous();
+  const int64_t n = p1.numel();
+  at::Tensor out = at::empty({}, p1.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p1.scalar_type(), "classifier_discrepancy_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* a = p1.const_data_ptr<scalar_t>();
+    const scalar_t* b = p2.const_data_ptr<scalar_t>();
+    const acc_t total = ordered_parallel_sum<acc_t>(n, [&](int64_t begin, int64_t end) {
+      acc_t s = 0;
+      HAL_SIMD_SUM(s)
+      for (int64_t i = begin; i < end; ++i) s += math::term<acc_t>(a[i], b[i]);
+      return s;
+    });
+    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total / static_cast<acc_t>(n));
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> classifier_discrepancy_backward_cpu(const at::Tensor& grad,
+                                                                        const at::Tensor& predictions1,
+                                                                        const at::Tensor& predictions2) {
+  check_scalar_grad(grad);
+  check_float_tensor(predictions1, "predictions1");
+  check_paired(predictions1, "predictions1", predictions2, "predictions2");
+  const at::Tensor p1 = predictions1.contiguous(), p2 = predictions2.contiguous();
+  const int64_t n = p1.numel();
+  at::Tensor g1 = at::empty_like(p1), g2 = at::empty_like(p2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p1.scalar_type(), "classifier_discrepancy_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t g_over_n = grad.item<acc_t>() / static_cast<acc_t>(n);
+    const scalar_t* a = p1.const_data_ptr<scalar_t>();
+    const scalar_t* b = p2.const_data_ptr<scalar_t>();
+    scalar_t* o1 = g1.mutable_data_ptr<scalar_t>();
+    scalar_t* o2 = g2.mutable_data_ptr<scalar_t>();
+    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+      HAL_SIMD
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t d = math::grad<acc_t>(a[i], b[i], g_over_n);
+        o1[i] = static_cast<scalar_t>(d);
+        o2[i] = static_cast<scalar_t>(-d);
+      }
+    });
+  });
+  return {g1, g2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
+  m.impl("classifier_discrepancy", &classifier_discrepancy_cpu);
+  m.impl("_classifier_discrepancy_backward", &classifier_discrepancy_backward_cpu);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,78 @@
+"""Loads the compiled library (hal_ext/_C*.so) that registers the ``torch.ops.hal_ext`` operators.
+
+If it is missing, or was built against another torch/CUDA than the one running, hal_ext still
+imports: it warns once and every function uses the pure-torch reference in ``hal_ext.reference``.
+Set ``HAL_EXT_DISABLE_NATIVE=1`` to force the reference path.
+"""
+import importlib.util
+import os
+import warnings
+
+import torch
+
+_LOADED = False
+_REASON = None
+_CONFIG = None
+
+
+def _load():
+    try:
+        from . import _build_config as config
+    except ImportError:
+        return None, "the native library was never built (run `make build` or `pip install --no-build-isolation .`)"
+    if os.environ.get("HAL_EXT_DISABLE_NATIVE", "0") == "1":
+        return config, "disabled by HAL_EXT_DISABLE_NATIVE=1"
+    if config.TORCH_VERSION != torch.__version__:
+        return config, f"built against torch {config.TORCH_VERSION} but torch {torch.__version__} is running; rebuild hal_ext"
+    if config.WITH_CUDA and config.CUDA_VERSION != torch.version.cuda:
+        return config, f"built against CUDA {config.CUDA_VERSION} but torch uses CUDA {torch.version.cuda}; rebuild hal_ext"
+    spec = importlib.util.find_spec("hal_ext._C")
+    if spec is None or spec.origin is None:
+        return config, "hal_ext/_C library file not found (the build did not complete)"
+    try:
+        torch.ops.load_library(spec.origin)
+    except OSError as error:
+        return config, f"loading {spec.origin} failed: {error}"
+    return config, None
+
+
+_CONFIG, _REASON = _load()
+_LOADED = _REASON is None
+if not _LOADED:
+    warnings.warn(f"hal_ext: native kernels unavailable ({_REASON}); using the pure-torch reference implementation",
+                  RuntimeWarning, stacklevel=2)
+
+
+def native_available():
+    """True when the compiled ``torch.ops.hal_ext`` operators are loaded."""
+    return _LOADED
+
+
+def _has_cuda_kernels():
+    if not _LOADED:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("hal_ext::classifier_discrepancy", "CUDA")
+
+
+def build_info():
+    """How hal_ext was built and whether its native kernels are in use.
+
+    Returns a dict with ``compiled`` (native library loaded), ``cuda`` (CUDA kernels compiled in and
+    registered), ``cuda_arch_list``, ``torch`` (the version built against), ``torch_running``,
+    ``cuda_version`` and, when not compiled, ``reason``.
+
+    >>> import hal_ext
+    >>> hal_ext.build_info()["compiled"]
+    True
+    """
+    info = {
+        "compiled": _LOADED,
+        "cuda": _has_cuda_kernels(),
+        "cuda_arch_list": getattr(_CONFIG, "CUDA_ARCH_LIST", None),
+        "torch": getattr(_CONFIG, "TORCH_VERSION", None),
+        "torch_running": torch.__version__,
+        "cuda_version": getattr(_CONFIG, "CUDA_VERSION", None),
+    }
+    if not _LOADED:
+        info["reason"] = _REASON
+    return info

@@ -1,0 +1,1 @@
+"""Drop-in replacements for tllib.alignment: ``mcd``, ``mdd``, ``regda``."""
