@@ -1,0 +1,69 @@
+"""Gradient reverse layers, as ``tllib.modules.grl`` (without its NumPy calls that NumPy >= 1.24 removed)."""
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.autograd import Function
+
+from ._warm_start import WarmStartSchedule
+
+__all__ = ["GradientReverseFunction", "GradientReverseLayer", "WarmStartGradientReverseLayer"]
+
+
+class GradientReverseFunction(Function):
+    """Identity forward; the backward pass multiplies the gradient by ``-coeff``."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, coeff: Optional[float] = 1.0) -> torch.Tensor:
+        ctx.coeff = coeff
+        return input * 1.0
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[torch.Tensor, Any]:
+        return grad_output.neg() * ctx.coeff, None
+
+
+class GradientReverseLayer(nn.Module):
+    r"""Identity in the forward pass, :math:`-1 \times` the gradient in the backward pass.
+
+    Example::
+
+        >>> grl = GradientReverseLayer()
+        >>> y = grl(torch.randn(4, 8, requires_grad=True))
+    """
+
+    def forward(self, *input):
+        return GradientReverseFunction.apply(*input)
+
+
+class WarmStartGradientReverseLayer(nn.Module, WarmStartSchedule):
+    r"""Gradient reverse layer whose coefficient warms up from ``lo`` to ``hi``:
+
+    .. math:: c(i) = \frac{2 (hi - lo)}{1 + \exp(-\alpha i / N)} - (hi - lo) + lo
+
+    with :math:`i` the iteration number and :math:`N` = ``max_iters``. The forward pass is the identity;
+    the backward pass multiplies the gradient by :math:`-c(i)`.
+
+    Args:
+        alpha (float, optional): :math:`\alpha`. Default: 1.0
+        lo (float, optional): initial coefficient. Default: 0.0
+        hi (float, optional): final coefficient. Default: 1.0
+        max_iters (int, optional): :math:`N`. Default: 1000
+        auto_step (bool, optional): call :meth:`step` after every forward pass. Default: False
+
+    Example::
+
+        >>> grl = WarmStartGradientReverseLayer(alpha=1., lo=0., hi=0.1, max_iters=1000, auto_step=True)
+        >>> y = grl(torch.randn(4, 8, requires_grad=True))
+    """
+
+    def __init__(self, alpha: Optional[float] = 1.0, lo: Optional[float] = 0.0, hi: Optional[float] = 1.,
+                 max_iters: Optional[int] = 1000., auto_step: Optional[bool] = False):
+        super().__init__()
+        self._init_schedule(alpha, lo, hi, max_iters, auto_step)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        coeff = self.coeff()
+        if self.auto_step:
+            self.step()
+        return GradientReverseFunction.apply(input, coeff)
