@@ -1,0 +1,32 @@
+"""shift_log(x, offset) = log(min(x + offset, 1)). (Reference-only placeholder: the fused operator
+replaces the body of `shift_log` below.)"""
+import torch
+
+from .._validation import check_float_tensor
+from ..reference import mdd as reference
+
+
+def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
+    r"""First shift, then take the log, clamped at 0:
+
+    .. math:: y = \log(\min(x + \text{offset}, 1))
+
+    (tllib's docstring says ``max``; its code, and hal_ext, take the minimum.) Used to avoid the
+    gradient explosion of :math:`\log(x)` at :math:`x = 0`.
+
+    Args:
+        x (torch.Tensor): input tensor, any shape, values expected in [0, 1]
+        offset (float, optional): offset size, must be > 0. Default: 1e-6
+
+    Returns:
+        A tensor of x's shape and dtype with values in :math:`[\log(\text{offset}), 0]`. Gradient:
+        ``g / (x + offset)`` where ``x + offset <= 1``, else 0.
+
+    Example::
+
+        >>> y = shift_log(torch.rand(8, 5))
+    """
+    check_float_tensor(x, "x")
+    if not offset > 0:
+        raise ValueError(f"offset must be > 0, got {offset!r}")
+    return reference.shift_log(x, offset)
