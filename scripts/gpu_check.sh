@@ -161,7 +161,7 @@ fi
 # ---- 2. the whole test suite on CUDA ------------------------------------------------------------
 # Tests are parametrised over helpers.DEVICES, which includes cuda when a GPU is present. The large
 # (>2^31 element) tests are enabled; every public op must be importable (no silently absent op).
-export HAL_EXT_LARGE_TESTS=1 HAL_EXT_REQUIRE_ALL_OPS=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+export HAL_EXT_LARGE_TESTS=cuda HAL_EXT_REQUIRE_ALL_OPS=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 PYTEST=("$PY" -m pytest -p no:cacheprovider -ra --durations=20 --continue-on-collection-errors tests)
 if [[ $DRY_RUN == 1 ]]; then
     phase collect 120 "$OUT/tests.log" "${PYTEST[@]}" --collect-only -q
