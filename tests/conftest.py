@@ -12,6 +12,6 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 _HYPOTHESIS_COMMON = dict(deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=40, derandomize=True, **_HYPOTHESIS_COMMON)
+settings.register_profile("ci", max_examples=100, derandomize=True, **_HYPOTHESIS_COMMON)
 settings.register_profile("long", max_examples=2000, **_HYPOTHESIS_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

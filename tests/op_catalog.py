@@ -96,7 +96,9 @@ def oracle_mdd_combine(l_s, l_t, margin, reduction, w_s=None, w_t=None):
 
 def oracle_classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=4, reduction="mean"):
     h_s = first_argmax(y_s, 1).unsqueeze(1)
-    l_s = torch.logsumexp(y_s_adv, 1) - y_s_adv.gather(1, h_s).squeeze(1)
+    # cross entropy through log_softmax, as tllib (F.cross_entropy): a +inf logit makes the whole
+    # column NaN there, where logsumexp - z would keep the other classes finite
+    l_s = -F.log_softmax(y_s_adv, 1).gather(1, h_s).squeeze(1)
     h_t = first_argmax(y_t, 1).unsqueeze(1)
     p_h = F.softmax(y_t_adv, 1).gather(1, h_t).squeeze(1)
     l_t = oracle_shift_log(1.0 - p_h)
