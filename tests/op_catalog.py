@@ -161,17 +161,17 @@ def oracle_fast_pseudo_labels(y, sigma=2):
 
 
 def oracle_joints_mse(output, target, target_weight=None, reduction="mean"):
-    B, K = output.shape[:2]
-    loss = 0.5 * (output.reshape(B, K, -1) - target.reshape(B, K, -1)) ** 2
+    B, K, H, W = output.shape  # explicit H * W: reshape(B, K, -1) is ambiguous for an empty batch
+    loss = 0.5 * (output.reshape(B, K, H * W) - target.reshape(B, K, H * W)) ** 2
     if target_weight is not None:
         loss = loss * target_weight.reshape(B, K, 1)
     return loss.mean() if reduction == "mean" else loss.mean(-1)
 
 
 def oracle_joints_kl(output, target, target_weight=None, reduction="mean", epsilon=0.0):
-    B, K = output.shape[:2]
-    q = F.log_softmax(output.reshape(B, K, -1), -1)
-    t = target.reshape(B, K, -1) + epsilon
+    B, K, H, W = output.shape
+    q = F.log_softmax(output.reshape(B, K, H * W), -1)
+    t = target.reshape(B, K, H * W) + epsilon
     t = t / t.sum(-1, keepdim=True)
     loss = F.kl_div(q, t, reduction="none").sum(-1)
     if target_weight is not None:
