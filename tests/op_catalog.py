@@ -199,7 +199,8 @@ def example(name, device="cpu", dtype=torch.float32, seed=0, scale=1):
     if name == "entropy":
         return obj, [randn(N, C).softmax(1)], (0,), oracle_entropy
     if name == "shift_log":
-        return (lambda x: obj(x).sum()), [rand(N, C)], (0,), (lambda x: oracle_shift_log(x).sum())
+        x = 0.05 + 0.9 * rand(N, C)
+        return (lambda x: obj(x).sum()), [x], (0,), (lambda x: oracle_shift_log(x).sum())
     if name == "ClassificationMarginDisparityDiscrepancy":
         loss = obj(margin=4, reduction="mean")
         return loss, [randn(N, C), randn(N, C), randn(N, C), randn(N, C)], (1, 3), oracle_classification_mdd

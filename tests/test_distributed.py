@@ -19,7 +19,7 @@ TIMEOUT_S = 120
 
 
 class AllLosses(nn.Module):
-    """For each available op: its differentiable inputs are `base + 0.01 * Linear(x)` (so every loss
+    """For each available op: its differentiable inputs are `base + 0.001 * Linear(x)` (so every loss
     sends gradient into its own parameters), the others are data; forward returns the summed loss."""
 
     def __init__(self, names):
@@ -41,8 +41,9 @@ class AllLosses(nn.Module):
             for i in differentiable:
                 n = inputs[i].shape[0]
                 delta = self.heads[f"{name}_{i}"](x[:n]).view_as(inputs[i])
-                inputs[i] = inputs[i] + 0.01 * delta
+                inputs[i] = inputs[i] + 0.001 * delta
             out = fn(*inputs)
+            assert torch.isfinite(out).all(), f"{name}: non-finite loss {out}"
             if differentiable:
                 total = total + out.sum()
         return total
