@@ -167,34 +167,40 @@ if [[ $DRY_RUN == 1 ]]; then
     phase collect 120 "$OUT/tests.log" "${PYTEST[@]}" --collect-only -q
     log "collected: $(grep -cE '::' "$OUT/tests.log") tests, $(grep -cE 'cuda' "$OUT/tests.log") with cuda in their id"
 else
-    phase tests 300 "$OUT/tests.log" "${PYTEST[@]}" --junitxml="$OUT/junit.xml"
+    # leave about 3 minutes for the benchmarks and the sanitizer
+    TESTS_CAP=$(($(left) - 180))
+    ((TESTS_CAP > 300)) && TESTS_CAP=300
+    phase tests "$TESTS_CAP" "$OUT/tests.log" "${PYTEST[@]}" --junitxml="$OUT/junit.xml"
     TESTS_RC=$?
 fi
 
 # ---- 3. benchmarks on cuda (suite from the `bench` branch) ------------------------------------
 BENCH_TMP=$(mktemp -d)
-touch "$BENCH_TMP/.marker"
 if [[ ! -f benchmarks/__main__.py ]]; then
     log "benchmarks: no benchmarks/__main__.py in this tree (the suite lands from branch 'bench'); skipped"
     printf 'benchmarks\t0\tabsent (no benchmarks/__main__.py)\n' >>"$PHASES"
 elif [[ $DRY_RUN == 1 ]]; then
-    phase bench_help 60 "$LOGS/bench_help.log" "$PY" -m benchmarks --help
+    phase bench_list 60 "$LOGS/bench_list.log" "$PY" -m benchmarks --list
 else
-    phase bench_quick 120 "$LOGS/bench_quick.log" "$PY" -m benchmarks --quick --device cuda
-    # The large memory-bound shapes: the suite's --full preset on the heatmap ops and the
-    # elementwise losses, with whatever time is left (overridable with BENCH_LARGE_ARGS).
-    LARGE_ARGS=${BENCH_LARGE_ARGS:---full --device cuda --ops classifier_discrepancy,entropy,shift_log,JointsMSELoss,JointsKLLoss,PseudoLabelGenerator2d,FastPseudoLabelGenerator2d,RegressionDisparity}
-    LARGE_CAP=$(($(left) - 60))
+    BENCH_DIR=$BENCH_TMP/results
+    phase bench_quick 150 "$LOGS/bench_quick.log" "$PY" -m benchmarks --quick --device cuda --out "$BENCH_DIR" --name quick
+    # The memory-bound ops at large sizes: the suite's --sweep preset (larger shapes on CUDA), no
+    # training steps, with whatever time is left (overridable with BENCH_LARGE_ARGS).
+    LARGE_ARGS=${BENCH_LARGE_ARGS:---sweep --device cuda --train none --ops classifier_discrepancy,shift_log,regression_mdd_l1,pseudo_label_2d,fast_pseudo_label_2d,joints_mse,joints_kl,regression_disparity}
+    LARGE_CAP=$(($(left) - 100))
     ((LARGE_CAP > 150)) && LARGE_CAP=150
     # shellcheck disable=SC2086
-    phase bench_large "$LARGE_CAP" "$LOGS/bench_large.log" "$PY" -m benchmarks $LARGE_ARGS
-    # Collect what the suite wrote (benchmarks/results/<machine>/...): newest JSON, Markdown, chart.
+    phase bench_large "$LARGE_CAP" "$LOGS/bench_large.log" "$PY" -m benchmarks $LARGE_ARGS --out "$BENCH_DIR" --name sweep
+    # The quick run's JSON, Markdown and chart come back flat; the sweep's with the raw logs.
     for ext in json md png svg; do
-        newest=$(find benchmarks/results -newer "$BENCH_TMP/.marker" -type f -name "*.$ext" -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+        newest=$(ls -t "$BENCH_DIR"/quick*."$ext" 2>/dev/null | head -1)
         case $ext in png | svg) dest=$OUT/chart.$ext ;; *) dest=$OUT/bench.$ext ;; esac
-        [[ -n $newest ]] && cp "$newest" "$dest" && log "bench: $newest -> $dest"
+        [[ -n $newest ]] && cp "$newest" "$dest" && log "bench: $(basename "$newest") -> $dest"
     done
-    find benchmarks/results -newer "$BENCH_TMP/.marker" -type f 2>/dev/null | tar -czf "$LOGS/bench_results.tar.gz" -T - 2>/dev/null
+    if [[ -f $OUT/bench.md ]]; then
+        for f in "$BENCH_DIR"/sweep*.md; do [[ -f $f ]] && { echo; echo "## Large shapes (--sweep)"; echo; cat "$f"; } >>"$OUT/bench.md"; done
+    fi
+    tar -czf "$LOGS/bench_results.tar.gz" -C "$BENCH_DIR" . 2>/dev/null
 fi
 rm -rf "$BENCH_TMP"
 
