@@ -16,6 +16,8 @@
 #   BUDGET_S         total wall-clock budget in seconds (default 470)
 #   DRY_RUN=1        no GPU needed: build (compile only), collect the tests, skip the runs
 #   SKIP_SANITIZER=1 skip compute-sanitizer
+#   STEPS            which steps to run (default "build tests bench sanitizer"), e.g. a rerun of
+#                    STEPS="tests" after a fix; BENCH_DEVICE (default cuda) for the benchmarks
 #   BENCH_LARGE_ARGS extra `python -m benchmarks` arguments for the large memory-bound run
 set -u -o pipefail
 
@@ -147,10 +149,14 @@ fi
 
 # ---- 1. build (sm_$ARCH only, every core) -------------------------------------------------------
 export TORCH_CUDA_ARCH_LIST=$ARCH HAL_EXT_CUDA=1 MAX_JOBS=$JOBS
-phase build 240 "$LOGS/build.log" bash -c "
+STEPS=" ${STEPS:-build tests bench sanitizer} "
+BENCH_DEVICE=${BENCH_DEVICE:-cuda}
+want() { [[ $STEPS == *" $1 "* ]]; }
+BUILD_RC=0
+want build || log "build: not in STEPS"
+want build && { phase build 240 "$LOGS/build.log" bash -c "
     '$PY' setup.py build_ext --inplace && \
-    '$PY' -c 'import hal_ext, sys; i = hal_ext.build_info(); print(\"build_info\", i); sys.exit(0 if i[\"compiled\"] and i[\"cuda\"] else 1)'"
-BUILD_RC=$?
+    '$PY' -c 'import hal_ext, sys; i = hal_ext.build_info(); print(\"build_info\", i); sys.exit(0 if i[\"compiled\"] and i[\"cuda\"] else 1)'" || BUILD_RC=$?; }
 if ((BUILD_RC != 0)); then
     log "BUILD FAILED: see logs.tar.gz/build.log; errors:"
     grep -E 'error|Error' "$LOGS/build.log" | head -30
@@ -163,7 +169,9 @@ fi
 # (>2^31 element) tests are enabled; every public op must be importable (no silently absent op).
 export HAL_EXT_LARGE_TESTS=cuda HAL_EXT_REQUIRE_ALL_OPS=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 PYTEST=("$PY" -m pytest -p no:cacheprovider -ra --durations=20 --continue-on-collection-errors tests)
-if [[ $DRY_RUN == 1 ]]; then
+if ! want tests; then
+    log "tests: not in STEPS"
+elif [[ $DRY_RUN == 1 ]]; then
     phase collect 120 "$OUT/tests.log" "${PYTEST[@]}" --collect-only -q
     log "collected: $(grep -cE '::' "$OUT/tests.log") tests, $(grep -cE 'cuda' "$OUT/tests.log") with cuda in their id"
 else
@@ -176,17 +184,19 @@ fi
 
 # ---- 3. benchmarks on cuda (suite from the `bench` branch) ------------------------------------
 BENCH_TMP=$(mktemp -d)
-if [[ ! -f benchmarks/__main__.py ]]; then
+if ! want bench; then
+    log "benchmarks: not in STEPS"
+elif [[ ! -f benchmarks/__main__.py ]]; then
     log "benchmarks: no benchmarks/__main__.py in this tree (the suite lands from branch 'bench'); skipped"
     printf 'benchmarks\t0\tabsent (no benchmarks/__main__.py)\n' >>"$PHASES"
 elif [[ $DRY_RUN == 1 ]]; then
     phase bench_list 60 "$LOGS/bench_list.log" "$PY" -m benchmarks --list
 else
     BENCH_DIR=$BENCH_TMP/results
-    phase bench_quick 150 "$LOGS/bench_quick.log" "$PY" -m benchmarks --quick --device cuda --out "$BENCH_DIR" --name quick
+    phase bench_quick 150 "$LOGS/bench_quick.log" "$PY" -m benchmarks --quick --device "$BENCH_DEVICE" --out "$BENCH_DIR" --name quick
     # The memory-bound ops at large sizes: the suite's --sweep preset (larger shapes on CUDA), no
     # training steps, with whatever time is left (overridable with BENCH_LARGE_ARGS).
-    LARGE_ARGS=${BENCH_LARGE_ARGS:---sweep --device cuda --train none --ops classifier_discrepancy,shift_log,regression_mdd_l1,pseudo_label_2d,fast_pseudo_label_2d,joints_mse,joints_kl,regression_disparity}
+    LARGE_ARGS=${BENCH_LARGE_ARGS:---sweep --device $BENCH_DEVICE --train none --ops classifier_discrepancy,shift_log,regression_mdd_l1,pseudo_label_2d,fast_pseudo_label_2d,joints_mse,joints_kl,regression_disparity}
     LARGE_CAP=$(($(left) - 100))
     ((LARGE_CAP > 150)) && LARGE_CAP=150
     # shellcheck disable=SC2086
@@ -206,7 +216,7 @@ rm -rf "$BENCH_TMP"
 
 # ---- 4. compute-sanitizer on a small drive of every op (only with time left) ------------------
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [[ $DRY_RUN == 1 || ${SKIP_SANITIZER:-0} == 1 ]]; then
+if [[ $DRY_RUN == 1 || ${SKIP_SANITIZER:-0} == 1 ]] || ! want sanitizer; then
     log "sanitizer: skipped (DRY_RUN or SKIP_SANITIZER)"
 elif [[ -z $SANITIZER ]]; then
     log "sanitizer: compute-sanitizer not found; skipped"
@@ -223,7 +233,7 @@ else
 fi
 
 finish
-if [[ $DRY_RUN != 1 && ${TESTS_RC:-1} != 0 ]]; then
+if [[ $DRY_RUN != 1 ]] && want tests && [[ ${TESTS_RC:-1} != 0 ]]; then
     log "RESULT: tests FAILED (exit ${TESTS_RC:-none}); see $OUT/tests.log"
     exit 1
 fi
