@@ -32,6 +32,8 @@ def parse_args(argv):
                         help="one shape per op, forward+backward, short budgets (default; ~1-2 min on 2 CPU cores)")
     preset.add_argument("--full", dest="preset", action="store_const", const="full",
                         help="every shape of tllib's scripts plus a scaling sweep per op, forward and forward+backward")
+    preset.add_argument("--sweep", dest="preset", action="store_const", const="sweep",
+                        help="only the scaling sweep of each op (larger sizes on CUDA), forward+backward")
     p.add_argument("--ops", help="comma-separated op names (default: all; see --list)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])

@@ -14,7 +14,7 @@ and 64, K = 16 (Human3.6M), 18 (SURREAL/LSP-like), 21 (hands: RHD, H3D). Each op
 sweep over the batch.
 """
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -55,12 +55,11 @@ class Case:
     reference: Callable                        # (shape) -> (fn(*inputs), source description)
     hal: Callable                              # (shape) -> fn(*inputs); may raise Unavailable
     bytes: Callable                            # (shape, itemsize, mode) -> bytes a fused op must move
-    shapes: dict                               # {"quick": [...], "full": [...], "sweep": [...]}
+    shapes: dict                               # {"quick", "full", "sweep", "sweep_cuda" (added on GPUs): [...]}
     diff: Sequence[int] = ()                   # inputs that receive gradients; () = forward only
     outputs: str = "scalar"                    # floor op outputs: "scalar" | "like" | "like2"
     compile_target: Optional[Callable] = None  # (shape) -> (fn, description); default: the reference
     notes: str = ""
-    extra_sweep_cuda: list = field(default_factory=list)
 
     @property
     def modes(self):
@@ -100,7 +99,7 @@ def _module_call(factory):
 
 def _cls_shapes(quick):
     return {"quick": quick, "full": [(n, c) for n in BATCHES for c in CLASSES],
-            "sweep": [(n, 1000) for n in (1024, 4096, 16384)]}
+            "sweep": [(n, 1000) for n in (1024, 4096, 16384)], "sweep_cuda": [(65536, 1000), (262144, 1000)]}
 
 
 def _fixed(fn, source):
@@ -152,12 +151,12 @@ def _regression_case(name, loss_function):
                 _fixed(ref, f"benchmarks.baselines.regression_mdd(F.{loss_function.__name__}) (tllib's torch calls)"),
                 _module_call(hal), lambda s, b, m: numel(s) * b * (10 if m == "fwd+bwd" else 4),
                 {"quick": [(256, 3)], "full": [(n, f) for n in BATCHES for f in (2, 3)],
-                 "sweep": [(n, 3) for n in (4096, 65536, 1048576)]}, diff=(1, 3))
+                 "sweep": [(n, 3) for n in (4096, 65536, 1048576)], "sweep_cuda": [(16777216, 3)]}, diff=(1, 3))
 
 
 def _keypoint_shapes(quick=((32, 21, 64, 64),)):
     return {"quick": list(quick), "full": list(KEYPOINT_SHAPES),
-            "sweep": [(b, 21, 64, 64) for b in (8, 32, 128)]}
+            "sweep": [(b, 21, 64, 64) for b in (8, 32, 128)], "sweep_cuda": [(b, 21, 64, 64) for b in (256, 512)]}
 
 
 def _keypoint_cases():

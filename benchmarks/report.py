@@ -67,6 +67,14 @@ def train_rows(result):
     return rows
 
 
+def notes(result):
+    seen = {}
+    for r in result["results"]:
+        if r.get("notes"):
+            seen.setdefault(r["op"], r["notes"])
+    return [f"{op}: {note}" for op, note in seen.items()]
+
+
 def header_lines(meta):
     bw = meta.get("bandwidth", {})
     return [
@@ -101,6 +109,8 @@ def print_report(result, out=print):
         out("")
         out("training steps (iterations per second, small backbone):")
         out(format_text(TRAIN_COLUMNS, train_rows(result)))
+    for line in notes(result):
+        out(f"note {line}")
     for s in result.get("skipped", []):
         out(f"skipped {s['op']}: {s['reason']}")
     for t in result.get("train_steps", []):
@@ -117,6 +127,7 @@ def markdown(result):
     if train_rows(result):
         lines += ["Training steps (iterations per second, small backbone):", "",
                   format_markdown(TRAIN_COLUMNS, train_rows(result)), ""]
+    lines += [f"- note {line}" for line in notes(result)]
     for s in result.get("skipped", []):
         lines.append(f"- skipped `{s['op']}`: {s['reason']}")
     for t in result.get("train_steps", []):
@@ -131,6 +142,7 @@ def chart(result, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in result["results"] if "ratio_to_hal_ext" in r["contenders"].get("eager", {})
             or "ratio_to_hal_ext" in r["contenders"].get("compile", {})]
@@ -139,9 +151,14 @@ def chart(result, path):
     y = range(len(rows))
     for offset, name, color in ((-0.2, "eager", "tab:blue"), (0.2, "compile", "tab:orange")):
         vals = [r["contenders"].get(name, {}).get("ratio_to_hal_ext", float("nan")) for r in rows]
-        ax.barh([i + offset for i in y], vals, height=0.4, color=color, label=f"{name} / hal_ext")
+        # bars grow from 1 (equal time): right of it hal_ext is faster, left of it slower
+        ax.barh([i + offset for i in y], [v - 1 for v in vals], left=1.0, height=0.4, color=color,
+                label=f"{name} / hal_ext")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()

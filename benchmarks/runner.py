@@ -21,6 +21,9 @@ PRESETS = {
     # quick: the first shape set, forward+backward only (forward for ops without backward), short budgets
     "quick": {"shape_sets": ("quick",), "modes": "main", "budget_s": 0.25, "min_reps": 5, "max_reps": 25,
               "sample_s": 0.004, "warmup": 3},
+    # sweep: only the scaling sweeps (on CUDA up to ~1 GiB per tensor), forward+backward
+    "sweep": {"shape_sets": ("sweep",), "modes": "main", "budget_s": 1.0, "min_reps": 5, "max_reps": 40,
+              "sample_s": 0.01, "warmup": 3},
     "full": {"shape_sets": ("full", "sweep"), "modes": "all", "budget_s": 1.5, "min_reps": 7, "max_reps": 60,
              "sample_s": 0.01, "warmup": 5},
 }
@@ -128,13 +131,14 @@ def run_one(case, shape, mode, device, dtype, opts, log=print):
 def shapes_for(case, opts):
     if opts.get("shapes"):
         return [s for s in opts["shapes"] if len(s) == len(case.shapes["quick"][0])]
+    keys = list(opts["preset"]["shape_sets"])
+    if "sweep" in keys and torch.device(opts["device"]).type == "cuda":
+        keys.append("sweep_cuda")
     out = []
-    for key in opts["preset"]["shape_sets"]:
-        for s in case.shapes[key]:
+    for key in keys:
+        for s in case.shapes.get(key, []):
             if s not in out:
                 out.append(s)
-    if opts["preset"]["shape_sets"] != ("quick",) and torch.device(opts["device"]).type == "cuda":
-        out += [s for s in case.extra_sweep_cuda if s not in out]
     return out
 
 
