@@ -91,6 +91,8 @@ def main(argv=None):
     methods = [] if args.train == "none" else _csv(args.train)
     train = train_steps.run(methods, device, budget_s=1.0 if args.preset == "quick" else 4.0,
                             max_reps=args.reps or 20, min_reps=args.reps or 3) if methods else []
+    compile_s = sum(r["contenders"].get("compile", {}).get("first_call_s", 0) for r in rows)
+    meta.update({"compile_warmup_s": round(compile_s, 1)})
     meta.update({"preset": args.preset, "dtype": args.dtype, "bandwidth": bandwidth, "argv": sys.argv[1:] if argv is None else list(argv),
                  "elapsed_s": round(time.perf_counter() - started, 1)})
     result = {"meta": meta, "results": rows, "train_steps": train, "skipped": skipped}
@@ -99,7 +101,9 @@ def main(argv=None):
     stem = args.name or args.preset + ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-partial" if partial else "")
     out = args.out or os.path.join(RESULTS, meta["machine"])
     paths = report.write_all(result, out, stem)
-    print(f"==> wrote {', '.join(paths.values())} ({meta['elapsed_s']:.0f} s)")
+    print(f"==> wrote {', '.join(paths.values())}")
+    print(f"==> {meta['elapsed_s']:.0f} s in all, of which {compile_s:.0f} s compiling the torch.compile contender "
+          f"(first calls; inductor caches them on disk for the next run)")
     return 0
 
 
