@@ -34,7 +34,7 @@ def _check_weight(w, name, like, loss_shape):
     except RuntimeError:
         raise ValueError(f"{name} must broadcast to the per-sample loss shape {loss_shape}, "
                          f"got shape {tuple(w.shape)}") from None
-    return shape == loss_shape and w.dtype == like.dtype and not (w.requires_grad and torch.is_grad_enabled())
+    return tuple(shape) == loss_shape and w.dtype == like.dtype and not (w.requires_grad and torch.is_grad_enabled())
 
 
 def route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification):
@@ -55,7 +55,7 @@ def route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification):
     source_shape = _sample_shape(y_s, classification)
     target_shape = _sample_shape(y_t, classification)
     try:
-        loss_shape = torch.broadcast_shapes(source_shape, target_shape)
+        loss_shape = tuple(torch.broadcast_shapes(source_shape, target_shape))
     except RuntimeError:
         raise ValueError(f"y_t must give per-sample losses of the shape of y_s's {source_shape}, "
                          f"got {target_shape} (y_t shape {tuple(y_t.shape)})") from None
@@ -77,3 +77,10 @@ def fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t):
             and type(y_t) is torch.Tensor and type(y_t_adv) is torch.Tensor
             and y_s.shape == y_s_adv.shape == y_t.shape == y_t_adv.shape
             and y_s.dtype == y_s_adv.dtype == y_t.dtype == y_t_adv.dtype)
+
+
+def check_devices(*tensors):
+    """The fake kernels' device check (the native kernels check devices themselves)."""
+    for t, name in zip(tensors[1:], _NAMES[1:]):
+        if t.device != tensors[0].device:
+            raise ValueError(f"{name} must be on the device of y_s ({tensors[0].device}), got {t.device}")

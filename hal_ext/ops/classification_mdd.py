@@ -12,6 +12,7 @@ if _native.native_available():
 
     @torch.library.register_fake("hal_ext::classification_mdd")
     def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction):
+        _mdd_routing.check_devices(y_s, y_s_adv, y_t, y_t_adv)
         sample = (y_s.shape[0],) + tuple(y_s.shape[2:])
         rows = 1
         for s in sample:

@@ -16,6 +16,7 @@ if _native.native_available():
 
     @torch.library.register_fake("hal_ext::regression_mdd")
     def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction):
+        _mdd_routing.check_devices(y_s, y_s_adv, y_t, y_t_adv)
         return y_s_adv.new_empty(y_s_adv.shape if reduction == 0 else ())
 
     @torch.library.register_fake("hal_ext::_regression_mdd_backward")
