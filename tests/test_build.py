@@ -8,7 +8,8 @@ import torch
 import hal_ext
 from helpers import expects_cuda_kernels
 
-OPS = ["classifier_discrepancy"]
+OPS = ["classifier_discrepancy", "classification_mdd", "_classification_mdd_backward", "regression_mdd",
+       "_regression_mdd_backward"]
 
 
 def test_native_library_loaded():

@@ -256,7 +256,7 @@ def test_op_rejects_bad_input_directly():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for name, ts, kw in sample_inputs(device, torch.float32):
-        if ts[0].shape[0] == 0 or ts[0].numel() > 40_000 or torch.isnan(ts[0]).any():
+        if ts[0].shape[0] == 0 or ts[0].numel() > 4_000 or torch.isnan(ts[0]).any():
             continue  # opcheck compares outputs with NaN != NaN
         red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
         args = (ts[0], ts[1].requires_grad_(), ts[2], ts[3].requires_grad_(), kw.get("w_s"), kw.get("w_t"),
