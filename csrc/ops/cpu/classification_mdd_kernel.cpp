@@ -5,6 +5,11 @@
 // Backward: one pass reading y_adv and the statistics, writing both gradients.
 // (N, C) logits are processed row by row, vectorised over the classes; (N, C, d1..dk) logits in
 // tiles of consecutive positions d, vectorised over d (class stride D = prod(d), no permute copy).
+// hal_exp's branch-free selects vectorise only when GCC may assume that floating-point exceptions are
+// not observed; this changes no result (no -ffast-math: NaN and infinities behave as usual).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -340,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
       at::parallel_for(0, geo.n * C, grain, [&](int64_t l0, int64_t l1) {
         for (int64_t line = l0; line < l1; ++line) {
           const int64_t n = line / C;
-          const int32_t c = static_cast<int32_t>(line % C);
+          const int64_t c = line % C;
           for (int side = 0; side < 2; ++side) {
             const int k = side == 0 ? 0 : 4;
             const scalar_t* z = (side == 0 ? zs : zt) + line * D;
@@ -351,11 +356,17 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
             const acc_t* q = st + (k + 3) * M + n * D;
             const int64_t* h = am + side * M + n * D;
             const acc_t* gr = red == Reduction::None ? g + n * D : nullptr;
-            HAL_SIMD
-            for (int64_t d = 0; d < D; ++d) {
-              const acc_t gcoef = (gr ? gr[d] : g_scalar) * coef[d];
+            auto body = [&](int64_t d, acc_t g_d) {
+              const acc_t gcoef = g_d * coef[d];
               const acc_t e = hal_exp(static_cast<acc_t>(z[d]) - m[d]);
               o[d] = static_cast<scalar_t>(math::logit_grad(h[d] == c, gcoef * inv[d], e, gcoef * q[d]));
+            };
+            if (gr) {
+              HAL_SIMD
+              for (int64_t d = 0; d < D; ++d) body(d, gr[d]);
+            } else {
+              HAL_SIMD
+              for (int64_t d = 0; d < D; ++d) body(d, g_scalar);
             }
           }
         }
