@@ -156,6 +156,29 @@ HAL_HOST_DEVICE float fast_value(int64_t X, int64_t Y, int64_t x, int64_t y, flo
   return fast_value_d(dx * dx + dy * dy, den);
 }
 
+// Vectorisable forms on int32 offsets dx = X - centre_x, dy = Y - centre_y (offset32 clamps a
+// difference into int32; real windows are far inside that range). Bitwise equal to the forms above.
+HAL_HOST_DEVICE int32_t offset32(int64_t P, int64_t centre) {
+  return static_cast<int32_t>(clip64(P - centre, -(int64_t(1) << 30), int64_t(1) << 30));
+}
+
+HAL_HOST_DEVICE float truncated_value_off(int32_t dx, int32_t dy, float den) {
+  const float fx = static_cast<float>(dx), fy = static_cast<float>(dy);
+  return hal_exp(-(fx * fx + fy * fy) / den);
+}
+
+// d = dx^2 + dy^2 exactly in double (below 2^53), then rounded once to float as torch's int64 -> float.
+HAL_HOST_DEVICE float fast_value_off(int32_t dx, int32_t dy, float den) {
+  const double ddx = static_cast<double>(dx), ddy = static_cast<double>(dy);
+  const float v = hal_exp(-(static_cast<float>(ddx * ddx + ddy * ddy) / den));
+  return v > 0.01f ? v : 0.0f;
+}
+
+template <bool kFast>
+HAL_HOST_DEVICE float gaussian_off(int32_t dx, int32_t dy, float den) {
+  return kFast ? fast_value_off(dx, dy, den) : truncated_value_off(dx, dy, den);
+}
+
 // ---- (d) ground false ---------------------------------------------------------------------------
 
 // `others` = (exact double sum of every keypoint's value) - (this keypoint's value).
