@@ -28,6 +28,18 @@ namespace math = mcd_entropy_math;
 
 constexpr int64_t kColChunk = 4096;    // columns per task
 constexpr int64_t kMaxRowBlocks = 64;  // bounds the partial-sum buffer to 64 * M
+// Below this many elements the tasks run on the calling thread (same partition, same result): small
+// losses are overhead-bound and waking threads costs more than it saves, worst on a busy machine.
+constexpr int64_t kParallelMin = int64_t(1) << 18;
+
+template <typename Body>
+void maybe_parallel(int64_t tasks, int64_t elements, const Body& body) {
+  if (elements < kParallelMin || tasks <= 1) {
+    body(int64_t(0), tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, body);
+  }
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -57,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions
     acc_t* partial = row_blocks > 1 ? partial_buffer.data() : mean;
 
     // 1. Column sums of each row block (block b into partial[b * m ...]).
-    at::parallel_for(0, row_blocks * col_chunks, 1, [&](int64_t t0, int64_t t1) {
+    maybe_parallel(row_blocks * col_chunks, n * m, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / col_chunks, c = t % col_chunks;
         const int64_t k0 = c * chunk, k1 = std::min(m, k0 + chunk);
@@ -76,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions
     // 2. Block partials in block order -> column means -> log terms, one sum per column chunk.
     std::vector<acc_t> log_sums(col_chunks, acc_t(0));
     const acc_t count = static_cast<acc_t>(n);
-    at::parallel_for(0, col_chunks, 1, [&](int64_t c0, int64_t c1) {
+    maybe_parallel(col_chunks, row_blocks * m, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t k0 = c * chunk, k1 = std::min(m, k0 + chunk);
         if (row_blocks > 1) {
@@ -121,7 +133,7 @@ at::Tensor mcd_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& co
     // Row 0 gets the per-column gradient; every other row is a copy of it.
     HAL_SIMD
     for (int64_t k = 0; k < m; ++k) o[k] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, mean[k]));
-    const int64_t grain = std::max<int64_t>(1, kCpuReduceBlock / m);
+    const int64_t grain = std::max<int64_t>(1, kParallelMin / m);
     at::parallel_for(1, n, grain, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) std::memcpy(o + i * m, o, m * sizeof(scalar_t));
     });

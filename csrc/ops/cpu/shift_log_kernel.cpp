@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
-#include "common/cpu_reduce.h"
+#include <ATen/Parallel.h>
 #include "common/macros.h"
 #include "ops/shift_log.h"
 #include "ops/shift_log_math.h"
@@ -16,6 +16,9 @@ namespace hal_ext {
 namespace {
 
 namespace math = shift_log_math;
+// Elements per thread task: below this the loop runs on the calling thread (waking threads costs
+// more than the memory-bound loop saves).
+constexpr int64_t kGrain = int64_t(1) << 16;
 
 at::Tensor shift_log_cpu(const at::Tensor& x, double offset) {
   check_float_tensor(x, "x");
@@ -28,7 +31,7 @@ at::Tensor shift_log_cpu(const at::Tensor& x, double offset) {
     const acc_t off = static_cast<acc_t>(offset);
     const scalar_t* in = xc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       HAL_SIMD
       for (int64_t i = begin; i < end; ++i) o[i] = static_cast<scalar_t>(math::value<acc_t>(in[i], off));
     });
@@ -51,7 +54,7 @@ at::Tensor shift_log_backward_cpu(const at::Tensor& grad, const at::Tensor& x, d
     const scalar_t* in = xc.const_data_ptr<scalar_t>();
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    parallel_chunks(n, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       HAL_SIMD
       for (int64_t i = begin; i < end; ++i) o[i] = static_cast<scalar_t>(math::grad<acc_t>(g[i], in[i], off));
     });
