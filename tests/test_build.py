@@ -8,7 +8,15 @@ import torch
 import hal_ext
 from helpers import expects_cuda_kernels
 
-OPS = ["classifier_discrepancy"]
+OPS = [
+    "classifier_discrepancy",
+    "classification_mdd",
+    "regression_mdd",
+    "pseudo_label_2d",
+    "fast_pseudo_label_2d",
+    "mcd_entropy",
+    "shift_log",
+]
 
 
 def test_native_library_loaded():
