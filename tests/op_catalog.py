@@ -90,7 +90,36 @@ def oracle_entropy(p):
 
 
 def oracle_shift_log(x, offset=1e-6):
-    return torch.log(torch.clamp(x + offset, max=1.0))
+    """SPEC: log(min(x + offset, 1)), gradient g / (x + offset) where x + offset <= 1 (equality
+    included: SPEC wins over torch.clamp, whose gradient is 0 at the bound), else 0; NaN propagates."""
+    v = x + offset
+    inside = v <= 1
+    # NaN input: NaN value, gradient 0 (as log(clamp(.)), whose clamp mask is false at NaN)
+    outside = torch.where(torch.isnan(v), v.detach(), torch.zeros_like(v))
+    return torch.where(inside, torch.log(torch.where(inside, v, torch.ones_like(v))), outside)
+
+
+class _TargetDisparity(torch.autograd.Function):
+    """L_t = shift_log(1 - softmax(z)[h]) along dim 1 with SPEC's closed-form gradient
+    -p_h (onehot(h)_j - p_j) / (1 - p_h + 1e-6), 1 - p_h taken as the sum of the other
+    probabilities (autograd through softmax cancels catastrophically when p_h is close to 1)."""
+
+    @staticmethod
+    def forward(ctx, z, h):
+        p = F.softmax(z, 1)
+        onehot = torch.zeros_like(p).scatter_(1, h, 1.0)
+        p_h = p.gather(1, h)
+        rest = (p * (1 - onehot)).sum(1, keepdim=True)
+        ctx.save_for_backward(p, onehot, p_h, rest)
+        return oracle_shift_log(1.0 - p_h).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        p, onehot, p_h, rest = ctx.saved_tensors
+        denom = rest + 1e-6
+        factor = torch.where(1.0 - p_h + 1e-6 > 1, torch.zeros_like(denom), -p_h / denom)
+        # onehot - p, with 1 - p_h at h taken as the sum of the others
+        return g.unsqueeze(1) * factor * torch.where(onehot > 0, rest, -p), None
 
 
 def oracle_mdd_combine(l_s, l_t, margin, reduction, w_s=None, w_t=None):
@@ -107,8 +136,7 @@ def oracle_classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, ma
     # column NaN there, where logsumexp - z would keep the other classes finite
     l_s = -F.log_softmax(y_s_adv, 1).gather(1, h_s).squeeze(1)
     h_t = first_argmax(y_t, 1).unsqueeze(1)
-    p_h = F.softmax(y_t_adv, 1).gather(1, h_t).squeeze(1)
-    l_t = oracle_shift_log(1.0 - p_h)
+    l_t = _TargetDisparity.apply(y_t_adv, h_t)
     return oracle_mdd_combine(l_s, l_t, margin, reduction, w_s, w_t)
 
 
