@@ -106,7 +106,8 @@ def make_task(args):
     source = make_domain(n, args, False, g)
     target = make_domain(n, args, True, g)
     test = make_domain(n if args.quick else 1000, args, True, g)
-    return source, target, test
+    source_test = make_domain(n if args.quick else 500, args, False, g)
+    return source, target, test, source_test
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -176,7 +177,7 @@ def evaluate(model, data, thr):
 # ------------------------------------------------------------------------------------- training
 def pretrain(args, losses, data):
     C.seed_everything(args.seed)
-    (xs, ls, ws, _), _, _ = data
+    (xs, ls, ws, _) = data[0]
     model = PoseNet(Backbone(args.width), upsampling(2 * args.width, args.feature_dim), args.feature_dim,
                     len(KEYPOINTS))
     criterion = losses.JointsKLLoss()
@@ -200,7 +201,7 @@ def pretrain(args, losses, data):
 
 def train(args, losses, data, pretrained: PoseNet):
     C.seed_everything(args.seed + 1)
-    (xs, ls, ws, _), (xt, lt, wt, _), _ = data
+    (xs, ls, ws, _), (xt, lt, wt, _) = data[:2]
     backbone = Backbone(args.width)
     up = upsampling(2 * args.width, args.feature_dim)
     gl = WarmStartGradientLayer(alpha=1.0, lo=0.0, hi=args.gl_hi, max_iters=args.gl_iters or args.iters,
@@ -271,7 +272,7 @@ def train(args, losses, data, pretrained: PoseNet):
 # ----------------------------------------------------------------------------------------- plot
 def plot(args, data, preds, histories, accs):
     plt = C.pyplot()
-    (xs, _, _, kps), _, (xv, lv, _, kpv) = data
+    (xs, _, _, kps), _, (xv, lv, _, kpv) = data[:3]
     stride = args.image_size / args.heatmap_size
     fig = plt.figure(figsize=(13, 4.4))
     grid = fig.add_gridspec(2, 8)
@@ -295,8 +296,8 @@ def plot(args, data, preds, histories, accs):
         show(fig.add_subplot(grid[1, 1 + 2 * j]), xv[j], argmax_px(preds["RegDA"][j]), "target, RegDA")
         show(fig.add_subplot(grid[0, 2 + 2 * j]), xv[j], kpv[j], "target, truth")
         ax = fig.add_subplot(grid[1, 2 + 2 * j])
-        ax.imshow(preds["RegDA"][j].softmax(-1).amax(0).numpy() if False else
-                  preds["RegDA"][j].flatten(1).softmax(-1).view_as(preds["RegDA"][j]).amax(0).numpy(), cmap="magma")
+        heat = preds["RegDA"][j].flatten(1).softmax(-1).view_as(preds["RegDA"][j]).amax(0)
+        ax.imshow(heat.numpy(), cmap="magma")
         ax.set_title("RegDA heatmaps (max over K)", fontsize=7)
         ax.axis("off")
     ax = fig.add_subplot(grid[:, 7])
@@ -307,7 +308,7 @@ def plot(args, data, preds, histories, accs):
         ax.plot(range(n, n + len(vals)), C.smooth(vals), label=key)
     ax.set_xlabel("iteration")
     ax.set_yscale("log")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="lower left")
     ax.set_title(f"PCK: src-only {accs['source-only']:.1f}\nRegDA {accs['RegDA']:.1f} ({args.losses})",
                  fontsize=8)
     fig.tight_layout()
@@ -353,10 +354,14 @@ def main(argv=None):
     model, history, ms = train(args, losses, data, pretrained)
     acc_ad, y_ad = evaluate(model, data[2], args.pck_thr)
     accs = {"source-only": acc_src, "RegDA": acc_ad}
+    src_src, _ = evaluate(pretrained, data[3], args.pck_thr)
+    src_ad, _ = evaluate(model, data[3], args.pck_thr)
     summary = {
         "task": "articulated arm keypoints, thin white -> thick coloured on texture",
         "source_only_target_pck": acc_src,
         "adapted_target_pck": acc_ad,
+        "source_only_source_pck": src_src,
+        "adapted_source_pck": src_ad,
         "ms_per_iter": ms,
         "finite": C.finite(history) and C.finite(pre_history),
         "history": {**history, "pretrain_loss": pre_history["loss"]},
