@@ -81,7 +81,7 @@ class _ReferencePseudoLabelGenerator2d(nn.Module):
 
     def forward(self, y):
         from hal_ext.reference import regda
-        return regda.pseudo_label_generator_2d(y, self.num_keypoints, self.height, self.width, self.sigma)
+        return regda.pseudo_label_2d(y, self.sigma)
 
 
 class _ReferenceRegressionDisparity(nn.Module):
@@ -124,7 +124,7 @@ def _regda(backend):
     if backend == "reference":
         import _standins
         kd = _has("hal_ext.reference.keypoint_detection", "joints_kl_loss")
-        plg = _has("hal_ext.reference.regda", "pseudo_label_generator_2d")
+        plg = _has("hal_ext.reference.regda", "pseudo_label_2d")
         return types.SimpleNamespace(
             PseudoLabelGenerator2d=_ReferencePseudoLabelGenerator2d if plg else _standins.PseudoLabelGenerator2d,
             RegressionDisparity=_ReferenceRegressionDisparity,
