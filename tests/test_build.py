@@ -8,7 +8,7 @@ import torch
 import hal_ext
 from helpers import expects_cuda_kernels
 
-OPS = ["classifier_discrepancy"]
+OPS = ["classifier_discrepancy", "classification_mdd", "regression_mdd"]
 
 
 def test_native_library_loaded():

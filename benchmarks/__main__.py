@@ -1,0 +1,111 @@
+"""`python -m benchmarks [--quick | --full] [--ops a,b] [--device cpu|cuda] [--dtype float32] ...`
+
+Measures every op of the registry (cases.py) with three contenders side by side (tllib-semantics eager
+reference, torch.compile of it, hal_ext) plus the overhead floor, then the training steps; prints the
+table and writes JSON, Markdown and a PNG chart under benchmarks/results/<machine>/.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from . import cases, machine, report, runner, timing, train_steps
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _csv(text):
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _shape(text):
+    return tuple(int(x) for x in text.lower().split("x"))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                        help="one shape per op, forward+backward, short budgets (default; ~1-2 min on 2 CPU cores)")
+    preset.add_argument("--full", dest="preset", action="store_const", const="full",
+                        help="every shape of tllib's scripts plus a scaling sweep per op, forward and forward+backward")
+    preset.add_argument("--sweep", dest="preset", action="store_const", const="sweep",
+                        help="only the scaling sweep of each op (larger sizes on CUDA), forward+backward")
+    p.add_argument("--ops", help="comma-separated op names (default: all; see --list)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--machine", help="results folder name (default: cpu-<model>-<cores>c, or the GPU model)")
+    p.add_argument("--out", help="output folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--name", help="file stem of the outputs (default: the preset, plus dtype / '-partial')")
+    p.add_argument("--shapes", help="override the shapes, e.g. 32x31,256x345 (applies to ops of that rank)")
+    p.add_argument("--modes", help="fwd, fwd+bwd (default: preset's)")
+    p.add_argument("--contenders", default=",".join(runner.CONTENDERS), help="subset of eager,compile,hal_ext,floor")
+    p.add_argument("--reps", type=int, help="fixed number of interleaved repetitions")
+    p.add_argument("--train", default="mcd,mdd,regda", help="training-step methods to run, or 'none'")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs (default: torch's default)")
+    p.add_argument("--bandwidth-mib", type=int, help="copy-bandwidth buffer size (default 256 MiB on CPU, 1 GiB on CUDA)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--list", action="store_true", help="list the ops and their shapes, then exit")
+    args = p.parse_args(argv)
+    args.preset = args.preset or "quick"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    all_cases = cases.all_cases()
+    if args.list:
+        for c in all_cases:
+            print(f"{c.name:24s} {c.api}\n{'':24s} quick {c.shapes['quick']} modes {c.modes}")
+        return 0
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = getattr(torch, args.dtype)
+    wanted = _csv(args.ops)
+    if wanted:
+        unknown = set(wanted) - {c.name for c in all_cases}
+        if unknown:
+            print(f"unknown op(s): {', '.join(sorted(unknown))}; known: {', '.join(c.name for c in all_cases)}")
+            return 2
+        all_cases = [c for c in all_cases if c.name in wanted]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner.configure_dynamo()
+    meta = machine.describe(device, args.machine)
+    print(f"==> hal_ext benchmark, preset {args.preset}, device {device}, dtype {args.dtype}, "
+          f"machine {meta['machine']}, torch {meta['torch']}, {meta['torch_threads']} threads", flush=True)
+    if not meta["hal_ext_build"]["compiled"]:
+        print(f"==> WARNING: hal_ext native library not loaded ({meta['hal_ext_build'].get('reason')}): "
+              "the hal_ext column measures the pure-torch fallback", flush=True)
+    print("==> measuring copy bandwidth ...", flush=True)
+    bandwidth = timing.copy_bandwidth(device, args.bandwidth_mib << 20 if args.bandwidth_mib else None)
+    print(f"==> copy bandwidth {bandwidth['gbps']:.1f} GB/s", flush=True)
+    print("==> ops (the first torch.compile of a process, or of a fresh machine, takes longer)", flush=True)
+    opts = {"preset": runner.PRESETS[args.preset], "device": device, "dtype": dtype, "bandwidth_gbps": bandwidth["gbps"],
+            "contenders": _csv(args.contenders), "reps": args.reps, "memory": not args.no_memory,
+            "shapes": [_shape(s) for s in _csv(args.shapes)] if args.shapes else None, "modes": _csv(args.modes)}
+    rows, skipped = runner.run_all(all_cases, opts)
+    methods = [] if args.train == "none" else _csv(args.train)
+    train = train_steps.run(methods, device, budget_s=1.0 if args.preset == "quick" else 4.0,
+                            max_reps=args.reps or 20, min_reps=args.reps or 3) if methods else []
+    compile_s = sum(r["contenders"].get("compile", {}).get("first_call_s", 0) for r in rows)
+    meta.update({"compile_warmup_s": round(compile_s, 1)})
+    meta.update({"preset": args.preset, "dtype": args.dtype, "bandwidth": bandwidth, "argv": sys.argv[1:] if argv is None else list(argv),
+                 "elapsed_s": round(time.perf_counter() - started, 1)})
+    result = {"meta": meta, "results": rows, "train_steps": train, "skipped": skipped}
+    report.print_report(result)
+    partial = any([args.ops, args.shapes, args.modes, args.contenders != ",".join(runner.CONTENDERS)])
+    stem = args.name or args.preset + ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-partial" if partial else "")
+    out = args.out or os.path.join(RESULTS, meta["machine"])
+    paths = report.write_all(result, out, stem)
+    print(f"==> wrote {', '.join(paths.values())}")
+    print(f"==> {meta['elapsed_s']:.0f} s in all, of which {compile_s:.0f} s compiling the torch.compile contender "
+          f"(first calls; inductor caches them on disk for the next run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

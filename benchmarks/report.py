@@ -1,0 +1,184 @@
+"""Outputs: the table on stdout, and `<preset>.json`, `<preset>.md`, `<preset>.png` under
+`benchmarks/results/<machine>/`.
+
+Columns: median time per call of each contender with its spread (+-half the interquartile range, in %
+of the median); `eager/hal` and `compile/hal` (how many times slower than hal_ext: > 1 means
+hal_ext is faster); `hal/floor` (hal_ext over the do-nothing custom op); `GB/s` (the bytes a fused op
+must move / hal_ext's time) and `%bw` (of the copy bandwidth measured in the same run); `peak mem`
+(peak extra memory of one forward+backward call, K = KiB, M = MiB: eager / compile / hal_ext; see
+memory.py for how it is measured). Training steps: iterations per second of each method's loop with
+the eager losses and with hal_ext's, and their ratio.
+"""
+import json
+import os
+
+from .runner import format_time
+
+TABLE_COLUMNS = ["op", "shape", "mode", "eager", "compile", "hal_ext", "floor", "eager/hal", "compile/hal",
+                 "hal/floor", "GB/s", "%bw", "peak mem e/c/h"]
+TRAIN_COLUMNS = ["method", "setting", "eager it/s", "hal_ext it/s", "speedup"]
+
+
+def _time_cell(c):
+    if c is None:
+        return "-"
+    if "error" in c:
+        return "error"
+    spread = (c["q3_s"] - c["q1_s"]) / 2 / c["median_s"] * 100 if c["median_s"] else 0
+    return f"{format_time(c['median_s'])} ±{spread:.0f}%"
+
+
+def _ratio(c, key="ratio_to_hal_ext"):
+    return f"{c[key]:.2f}x" if c and key in c else "-"
+
+
+def _mem(c):
+    if not c or "memory" not in c:
+        return "-"
+    b = c["memory"]["peak_bytes"]
+    return f"{b / 2 ** 10:.0f}K" if b < 2 ** 20 else f"{b / 2 ** 20:.1f}M"
+
+
+def table_rows(result):
+    rows = []
+    for r in result["results"]:
+        c = r["contenders"]
+        rows.append([
+            r["op"], "x".join(map(str, r["shape"])), r["mode"],
+            _time_cell(c.get("eager")), _time_cell(c.get("compile")), _time_cell(c.get("hal_ext")),
+            _time_cell(c.get("floor")), _ratio(c.get("eager")), _ratio(c.get("compile")),
+            f"{r['hal_ext_over_floor']:.2f}" if "hal_ext_over_floor" in r else "-",
+            f"{r['hal_ext_gbps']:.2f}" if "hal_ext_gbps" in r else "-",
+            f"{100 * r['hal_ext_bandwidth_fraction']:.0f}%" if "hal_ext_bandwidth_fraction" in r else "-",
+            "/".join(_mem(c.get(k)) for k in ("eager", "compile", "hal_ext")),
+        ])
+    return rows
+
+
+def train_rows(result):
+    rows = []
+    for t in result.get("train_steps", []):
+        if "skipped" in t:
+            continue
+        e, h = t["contenders"].get("eager", {}), t["contenders"].get("hal_ext", {})
+        ips = lambda c: f"{1 / c['median_s']:.1f}" if c.get("median_s") else "-"
+        ratio = f"{e['median_s'] / h['median_s']:.2f}x" if e.get("median_s") and h.get("median_s") else "-"
+        rows.append([t["method"], t["setting"], ips(e), ips(h), ratio])
+    return rows
+
+
+def notes(result):
+    seen = {}
+    for r in result["results"]:
+        if r.get("notes"):
+            seen.setdefault(r["op"], r["notes"])
+    return [f"{op}: {note}" for op, note in seen.items()]
+
+
+def header_lines(meta):
+    bw = meta.get("bandwidth", {})
+    return [
+        f"machine {meta['machine']}: {meta['gpu'] or meta['cpu']} ({meta['cpu_count']} CPU cores, "
+        f"{meta['torch_threads']} torch threads), device {meta['device']}",
+        f"torch {meta['torch']}, hal_ext {meta['hal_ext_commit']} (native {meta['hal_ext_build'].get('compiled')}), "
+        f"{meta['date']}, preset {meta['preset']}, dtype {meta['dtype']}",
+        f"copy bandwidth {bw.get('gbps', 0):.1f} GB/s ({bw.get('buffer_bytes', 0) >> 20} MiB buffers)",
+    ]
+
+
+def format_text(columns, rows):
+    widths = [max(len(str(x)) for x in [col] + [r[i] for r in rows]) for i, col in enumerate(columns)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_markdown(columns, rows):
+    esc = lambda x: str(x).replace("|", "\\|")
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def print_report(result, out=print):
+    out("")
+    for line in header_lines(result["meta"]):
+        out(line)
+    out("")
+    out(format_text(TABLE_COLUMNS, table_rows(result)))
+    if train_rows(result):
+        out("")
+        out("training steps (iterations per second, small backbone):")
+        out(format_text(TRAIN_COLUMNS, train_rows(result)))
+    for line in notes(result):
+        out(f"note {line}")
+    for s in result.get("skipped", []):
+        out(f"skipped {s['op']}: {s['reason']}")
+    for t in result.get("train_steps", []):
+        if "skipped" in t:
+            out(f"skipped training step {t['method']}: {t['skipped']}")
+    out("")
+    out("ratios: contender time / hal_ext time (> 1: hal_ext faster). floor: a do-nothing custom op with the same tensors.")
+
+
+def markdown(result):
+    lines = [f"# hal_ext kernel benchmark: {result['meta']['machine']}", ""]
+    lines += [f"- {line}" for line in header_lines(result["meta"])]
+    lines += ["", format_markdown(TABLE_COLUMNS, table_rows(result)), ""]
+    if train_rows(result):
+        lines += ["Training steps (iterations per second, small backbone):", "",
+                  format_markdown(TRAIN_COLUMNS, train_rows(result)), ""]
+    lines += [f"- note {line}" for line in notes(result)]
+    for s in result.get("skipped", []):
+        lines.append(f"- skipped `{s['op']}`: {s['reason']}")
+    for t in result.get("train_steps", []):
+        if "skipped" in t:
+            lines.append(f"- skipped training step `{t['method']}`: {t['skipped']}")
+    lines += ["", __doc__.split("\n\n", 1)[1].strip(), ""]
+    return "\n".join(lines)
+
+
+def chart(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = [r for r in result["results"] if "ratio_to_hal_ext" in r["contenders"].get("eager", {})
+            or "ratio_to_hal_ext" in r["contenders"].get("compile", {})]
+    labels = [f"{r['op']} {'x'.join(map(str, r['shape']))} {r['mode']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * max(1, len(rows))))
+    y = range(len(rows))
+    for offset, name, color in ((-0.2, "eager", "tab:blue"), (0.2, "compile", "tab:orange")):
+        vals = [r["contenders"].get(name, {}).get("ratio_to_hal_ext", float("nan")) for r in rows]
+        # bars grow from 1 (equal time): right of it hal_ext is faster, left of it slower
+        ax.barh([i + offset for i in y], [v - 1 for v in vals], left=1.0, height=0.4, color=color,
+                label=f"{name} / hal_ext")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup of hal_ext (contender time / hal_ext time, log scale)")
+    meta = result["meta"]
+    ax.set_title(f"{meta['machine']} ({meta['device']}, {meta['dtype']}), torch {meta['torch']}, {meta['date'][:10]}",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(result, directory, stem):
+    os.makedirs(directory, exist_ok=True)
+    paths = {ext: os.path.join(directory, f"{stem}.{ext}") for ext in ("json", "md", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump(result, f, indent=1, sort_keys=False)
+        f.write("\n")
+    with open(paths["md"], "w") as f:
+        f.write(markdown(result))
+    chart(result, paths["png"])
+    return paths

@@ -1,0 +1,210 @@
+"""Training-step benchmark: one iteration of each method's loop as tllib's example scripts run it
+(mcd.py: three steps, two heads, num_k=4 generator updates; mdd.py: one step; regda.py: three steps),
+with a small backbone so that the losses' share is visible. Two contenders, each with its own
+identically initialised model and optimisers: `eager` uses the tllib-semantics losses (hal_ext.reference /
+benchmarks.baselines, tllib's NumPy pseudo-label generator for RegDA), `hal_ext` uses hal_ext's public
+API. A method whose hal_ext API is missing is skipped with a note. Only the losses differ: models,
+data and optimisers are the same code.
+"""
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import baselines, timing
+from .cases import Unavailable, public, reference
+
+
+def _backbone(out_channels=32):
+    """Two stride-2 convolutions: a toy stand-in for tllib's ResNet backbones."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, out_channels, 3, 2, 1), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+
+
+# ---- MCD ---------------------------------------------------------------------------------------
+
+def mcd_losses(kind):
+    if kind == "hal_ext":
+        return SimpleNamespace(entropy=public("hal_ext.alignment.mcd", "entropy"),
+                               discrepancy=public("hal_ext.alignment.mcd", "classifier_discrepancy"))
+    return SimpleNamespace(entropy=reference("mcd", "entropy", None)[0],
+                           discrepancy=reference("mcd", "classifier_discrepancy", None)[0])
+
+
+def mcd_step(losses, device, batch=32, num_classes=31, num_k=4):
+    head_cls = public("hal_ext.alignment.mcd", "ImageClassifierHead")
+    G = _backbone().to(device)
+    F1, F2 = head_cls(32, num_classes, 64).to(device), head_cls(32, num_classes, 64).to(device)
+    opt_g, opt_f = _sgd(G.parameters()), _sgd(list(F1.parameters()) + list(F2.parameters()))
+    x = torch.randn(2 * batch, 3, 16, 16, device=device)
+    labels = torch.randint(num_classes, (batch,), device=device)
+
+    def heads():
+        g = G(x)
+        (y1_s, y1_t), (y2_s, y2_t) = F1(g).chunk(2, 0), F2(g).chunk(2, 0)
+        return y1_s, y2_s, F.softmax(y1_t, 1), F.softmax(y2_t, 1)
+
+    def source_loss(y1_s, y2_s, y1_t, y2_t):
+        return (F.cross_entropy(y1_s, labels) + F.cross_entropy(y2_s, labels)
+                + (losses.entropy(y1_t) + losses.entropy(y2_t)) * 0.01)
+
+    def step():
+        opt_g.zero_grad(), opt_f.zero_grad()
+        source_loss(*heads()).backward()
+        opt_g.step(), opt_f.step()
+        opt_g.zero_grad(), opt_f.zero_grad()
+        y = heads()
+        (source_loss(*y) - losses.discrepancy(y[2], y[3])).backward()
+        opt_f.step()
+        for _ in range(num_k):
+            opt_g.zero_grad()
+            y = heads()
+            losses.discrepancy(y[2], y[3]).backward()
+            opt_g.step()
+    return step, f"batch {batch}+{batch}, 3x16x16, C={num_classes}, num_k={num_k}"
+
+
+# ---- MDD ---------------------------------------------------------------------------------------
+
+class _MDDClassifier(nn.Module):
+    """tllib's MDD ImageClassifier layout (bottleneck, head, adversarial head behind a warm-start GRL)."""
+
+    def __init__(self, num_classes, width=64):
+        super().__init__()
+        grl = public("hal_ext.modules.grl", "WarmStartGradientReverseLayer")
+        self.backbone = nn.Sequential(_backbone(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.bottleneck = nn.Sequential(nn.Linear(32, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(0.5))
+        make_head = lambda: nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(0.5), nn.Linear(width, num_classes))
+        self.head, self.adv_head = make_head(), make_head()
+        self.grl = grl(alpha=1.0, lo=0.0, hi=0.1, max_iters=1000, auto_step=False)
+
+    def forward(self, x):
+        f = self.bottleneck(self.backbone(x))
+        return self.head(f), self.adv_head(self.grl(f))
+
+    def step(self):
+        self.grl.step()
+
+
+def mdd_losses(kind):
+    if kind == "hal_ext":
+        return public("hal_ext.alignment.mdd", "ClassificationMarginDisparityDiscrepancy")(margin=4.0)
+    return baselines.classification_mdd
+
+
+def mdd_step(mdd, device, batch=32, num_classes=31):
+    model = _MDDClassifier(num_classes).to(device)
+    opt = _sgd(model.parameters())
+    x = torch.randn(2 * batch, 3, 16, 16, device=device)
+    labels = torch.randint(num_classes, (batch,), device=device)
+
+    def step():
+        opt.zero_grad()
+        outputs, outputs_adv = model(x)
+        (y_s, y_t), (y_s_adv, y_t_adv) = outputs.chunk(2, 0), outputs_adv.chunk(2, 0)
+        loss = F.cross_entropy(y_s, labels) - mdd(y_s, y_s_adv, y_t, y_t_adv)
+        model.step()
+        loss.backward()
+        opt.step()
+    return step, f"batch {batch}+{batch}, 3x16x16, C={num_classes}, margin 4"
+
+
+# ---- RegDA -------------------------------------------------------------------------------------
+
+class _PoseNet(nn.Module):
+    """tllib's PoseResNet2d layout at toy size: backbone, upsampling to 64x64, head, and head_adv
+    behind a warm-start gradient layer."""
+
+    def __init__(self, num_keypoints, feature_dim=8):
+        super().__init__()
+        gl = public("hal_ext.modules.gl", "WarmStartGradientLayer")
+        self.backbone = _backbone(feature_dim)
+        self.upsampling = nn.Sequential(
+            nn.ConvTranspose2d(feature_dim, feature_dim, 4, 2, 1), nn.BatchNorm2d(feature_dim), nn.ReLU(),
+            nn.ConvTranspose2d(feature_dim, feature_dim, 4, 2, 1), nn.BatchNorm2d(feature_dim), nn.ReLU())
+        make_head = lambda: nn.Sequential(nn.Conv2d(feature_dim, feature_dim, 3, 1, 1), nn.BatchNorm2d(feature_dim),
+                                          nn.ReLU(), nn.Conv2d(feature_dim, num_keypoints, 1))
+        self.head, self.head_adv = make_head(), make_head()
+        self.gl_layer = gl(alpha=1.0, lo=0.0, hi=0.1, max_iters=1000, auto_step=False)
+
+    def forward(self, x):
+        f = self.upsampling(self.backbone(x))
+        return self.head(f), self.head_adv(self.gl_layer(f))
+
+    def step(self):
+        self.gl_layer.step()
+
+
+def regda_losses(kind, num_keypoints, size):
+    if kind == "hal_ext":
+        regda, kp = "hal_ext.alignment.regda", "hal_ext.keypoint_detection"
+        criterion = public(kp, "JointsKLLoss")()
+        gen = public(regda, "PseudoLabelGenerator2d")(num_keypoints, size, size)
+        disparity = public(regda, "RegressionDisparity")(gen, public(kp, "JointsKLLoss")(epsilon=1e-7))
+        return criterion, disparity
+    gen = baselines.TableGenerator2d(num_keypoints, size, size)
+    kl = lambda o, t, w: baselines.joints_kl(o, t, w, epsilon=1e-7)
+    return baselines.joints_kl, baselines.regression_disparity(gen, kl)
+
+
+def regda_step(losses, device, batch=32, num_keypoints=21, size=64):
+    criterion, disparity = losses
+    model = _PoseNet(num_keypoints).to(device)
+    opt_f = _sgd(list(model.backbone.parameters()) + list(model.upsampling.parameters()))
+    opt_h, opt_h_adv = _sgd(model.head.parameters()), _sgd(model.head_adv.parameters())
+    x_s, x_t = (torch.randn(batch, 3, size, size, device=device) for _ in range(2))
+    label_s = baselines.fast_pseudo_label_2d(torch.randn(batch, num_keypoints, size, size, device=device))[0]
+    w_s = w_t = torch.ones(batch, num_keypoints, device=device)
+    margin, trade_off = 4.0, 1.0
+
+    def step():
+        opt_f.zero_grad(), opt_h.zero_grad(), opt_h_adv.zero_grad()
+        y_s, y_s_adv = model(x_s)
+        loss_s = criterion(y_s, label_s, w_s) + margin * trade_off * disparity(y_s, y_s_adv, w_s, mode="min")
+        loss_s.backward()
+        opt_f.step(), opt_h.step(), opt_h_adv.step()
+        opt_h_adv.zero_grad()
+        y_t, y_t_adv = model(x_t)
+        (trade_off * disparity(y_t, y_t_adv, w_t, mode="max")).backward()
+        opt_h_adv.step()
+        opt_f.zero_grad()
+        y_t, y_t_adv = model(x_t)
+        (trade_off * disparity(y_t, y_t_adv, w_t, mode="min")).backward()
+        opt_f.step()
+        model.step()
+    return step, f"batch {batch}, 3x{size}x{size} -> {num_keypoints}x{size}x{size} heatmaps, JointsKLLoss"
+
+
+METHODS = {
+    "mcd": (mcd_losses, mcd_step),
+    "mdd": (mdd_losses, mdd_step),
+    "regda": (lambda kind: regda_losses(kind, 21, 64), regda_step),
+}
+
+
+def run(methods, device, budget_s=1.5, min_reps=3, max_reps=20, kinds=("eager", "hal_ext"), log=print):
+    """[{method, setting, contenders: {eager, hal_ext: timing summary of one iteration}} | {method, skipped}]."""
+    out = []
+    for method in methods:
+        make_losses, make_step = METHODS[method]
+        log(f"[train] {method}: measuring ...", flush=True)
+        try:
+            steps, setting = {}, None
+            for kind in kinds:
+                torch.manual_seed(0)
+                steps[kind], setting = make_step(make_losses(kind), device)
+        except Unavailable as error:
+            out.append({"method": method, "skipped": str(error)})
+            log(f"[train] {method}: SKIPPED ({error})", flush=True)
+            continue
+        stats = timing.measure(steps, device, warmup=2, min_reps=min_reps, max_reps=max_reps, sample_s=0.0,
+                               budget_s=budget_s)
+        row = {"method": method, "setting": setting, "contenders": stats}
+        out.append(row)
+        log(f"[train] {method}: " + ", ".join(f"{k} {1 / s['median_s']:.1f} it/s" for k, s in stats.items()), flush=True)
+    return out

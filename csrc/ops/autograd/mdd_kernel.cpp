@@ -1,0 +1,93 @@
+// Autograd kernels of hal_ext::classification_mdd and hal_ext::regression_mdd: forward below
+// autograd, backward through the `_..._backward` ops. Gradients flow to y_s_adv and y_t_adv only
+// (y_s and y_t get none, as in tllib where the argmax / y.detach() cut them off); the fused ops take
+// constant weights (hal_ext's Python front end routes weights that require grad to the generic path).
+#include <c10/util/Exception.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "ops/mdd.h"
+
+namespace hal_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void check_constant_weight(const std::optional<at::Tensor>& w, const char* name) {
+  TORCH_CHECK_VALUE(!w.has_value() || !w->defined() || !w->requires_grad(), name,
+                    " must not require grad in the fused MDD op (use MarginDisparityDiscrepancy for learned weights)");
+}
+
+class ClassificationMddFunction : public torch::autograd::Function<ClassificationMddFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y_s, const at::Tensor& y_s_adv,
+                               const at::Tensor& y_t, const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                               const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, stats, argmax] = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+    ctx->save_for_backward({y_s_adv, y_t_adv, stats, argmax});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->mark_non_differentiable({stats, argmax});
+    return {loss, stats, argmax};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto [g_s, g_t] = _classification_mdd_backward(grad_outputs[0], saved[0], saved[1], saved[2], saved[3],
+                                                   ctx->saved_data["reduction"].toInt());
+    return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_autograd(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  check_constant_weight(w_s, "w_s");
+  check_constant_weight(w_t, "w_t");
+  auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+  return {out[0], out[1], out[2]};
+}
+
+class RegressionMddFunction : public torch::autograd::Function<RegressionMddFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_s, const at::Tensor& y_s_adv,
+                            const at::Tensor& y_t, const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                            const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
+                            int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({y_s, y_s_adv, y_t, y_t_adv, w_s.value_or(at::Tensor()), w_t.value_or(at::Tensor())});
+    ctx->saved_data["margin"] = margin;
+    ctx->saved_data["loss_kind"] = loss_kind;
+    ctx->saved_data["reduction"] = reduction;
+    return regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    const auto s = ctx->get_saved_variables();
+    auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+    auto [g_s, g_t] = _regression_mdd_backward(grad_outputs[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]),
+                                               ctx->saved_data["margin"].toDouble(),
+                                               ctx->saved_data["loss_kind"].toInt(),
+                                               ctx->saved_data["reduction"].toInt());
+    return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor regression_mdd_autograd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                                   const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                                   const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
+                                   int64_t reduction) {
+  check_constant_weight(w_s, "w_s");
+  check_constant_weight(w_t, "w_t");
+  return RegressionMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, Autograd, m) {
+  m.impl("classification_mdd", &classification_mdd_autograd);
+  m.impl("regression_mdd", &regression_mdd_autograd);
+}
+
+}  // namespace hal_ext

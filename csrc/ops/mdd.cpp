@@ -1,0 +1,138 @@
+// Schemas, dispatcher entry points and shared argument checks of hal_ext::classification_mdd and
+// hal_ext::regression_mdd (MDD, SPEC "MDD"; the math is in mdd_math.h).
+#include "mdd.h"
+
+#include <ATen/ExpandUtils.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common/checks.h"
+#include "common/reduction.h"
+
+namespace hal_ext {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hal_ext::classification_mdd", "")
+                       .typed<decltype(classification_mdd)>();
+  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor> _classification_mdd_backward(const at::Tensor& grad, const at::Tensor& y_s_adv,
+                                                                const at::Tensor& y_t_adv, const at::Tensor& stats,
+                                                                const at::Tensor& argmax, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hal_ext::_classification_mdd_backward", "")
+                       .typed<decltype(_classification_mdd_backward)>();
+  return op.call(grad, y_s_adv, y_t_adv, stats, argmax, reduction);
+}
+
+at::Tensor regression_mdd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                          const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hal_ext::regression_mdd", "")
+                       .typed<decltype(regression_mdd)>();
+  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor> _regression_mdd_backward(
+    const at::Tensor& grad, const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+    const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t,
+    double margin, int64_t loss_kind, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hal_ext::_regression_mdd_backward", "")
+                       .typed<decltype(_regression_mdd_backward)>();
+  return op.call(grad, y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+}
+
+namespace mdd_detail {
+namespace {
+
+void check_four(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv) {
+  check_float_tensor(y_s, "y_s");
+  check_paired(y_s, "y_s", y_s_adv, "y_s_adv");
+  check_paired(y_s, "y_s", y_t, "y_t");
+  check_paired(y_s, "y_s", y_t_adv, "y_t_adv");
+}
+
+void check_weight(const std::optional<at::Tensor>& w, const char* name, const at::Tensor& like,
+                  at::IntArrayRef shape) {
+  if (!w.has_value() || !w->defined()) return;
+  check_float_tensor(*w, name);
+  check_same_device(like, "the logits", *w, name);
+  TORCH_CHECK_VALUE(at::is_expandable_to(w->sizes(), shape), name, " must broadcast to the per-sample loss shape ",
+                    shape, ", got shape ", w->sizes());
+}
+
+}  // namespace
+
+ClassificationGeometry check_classification(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                                            const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                                            const std::optional<at::Tensor>& w_t, int64_t reduction) {
+  to_reduction(reduction);
+  check_four(y_s, y_s_adv, y_t, y_t_adv);
+  TORCH_CHECK_VALUE(y_s.dim() >= 2, "y_s must have at least 2 dimensions (N, C) or (N, C, d1, ..., dk), got shape ",
+                    y_s.sizes());
+  ClassificationGeometry g;
+  g.n = y_s.size(0);
+  g.c = y_s.size(1);
+  TORCH_CHECK_VALUE(g.c > 0, "y_s must have at least one class (dimension 1), got shape ", y_s.sizes());
+  TORCH_CHECK_VALUE(g.c < std::numeric_limits<int32_t>::max(), "y_s has too many classes: ", g.c);
+  g.sample_shape.push_back(g.n);
+  for (int64_t i = 2; i < y_s.dim(); ++i) {
+    g.d *= y_s.size(i);
+    g.sample_shape.push_back(y_s.size(i));
+  }
+  g.m = g.n * g.d;
+  check_weight(w_s, "w_s", y_s, g.sample_shape);
+  check_weight(w_t, "w_t", y_s, g.sample_shape);
+  return g;
+}
+
+void check_regression(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                      const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                      const std::optional<at::Tensor>& w_t, int64_t loss_kind, int64_t reduction) {
+  to_reduction(reduction);
+  TORCH_CHECK_VALUE(loss_kind == 0 || loss_kind == 1, "loss_kind must be 0 (l1) or 1 (mse), got ", loss_kind);
+  check_four(y_s, y_s_adv, y_t, y_t_adv);
+  check_weight(w_s, "w_s", y_s, y_s.sizes());
+  check_weight(w_t, "w_t", y_s, y_s.sizes());
+}
+
+at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef shape, const at::Tensor& like) {
+  if (!w.has_value() || !w->defined()) return at::Tensor();
+  return w->to(like.scalar_type()).expand(shape).contiguous();
+}
+
+void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape) {
+  if (to_reduction(reduction) == Reduction::None) {
+    TORCH_CHECK_VALUE(grad.sizes() == sample_shape, "grad must have the per-sample loss shape ", sample_shape,
+                      ", got ", grad.sizes());
+  } else {
+    check_scalar_grad(grad);
+  }
+}
+
+}  // namespace mdd_detail
+
+TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
+  m.def("classification_mdd(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, Tensor? w_t, "
+        "float margin, int reduction) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  m.def("_classification_mdd_backward(Tensor grad, Tensor y_s_adv, Tensor y_t_adv, Tensor stats, Tensor argmax, "
+        "int reduction) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  m.def("regression_mdd(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, Tensor? w_t, "
+        "float margin, int loss_kind, int reduction) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("_regression_mdd_backward(Tensor grad, Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, "
+        "Tensor? w_t, float margin, int loss_kind, int reduction) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+}
+
+}  // namespace hal_ext

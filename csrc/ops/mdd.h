@@ -1,0 +1,54 @@
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace hal_ext {
+
+// Returns (loss, stats, argmax): stats (8, M) and argmax (2, M) are the per-row values the backward
+// reads (M = number of samples), see mdd_math.h.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction);
+
+std::tuple<at::Tensor, at::Tensor> _classification_mdd_backward(const at::Tensor& grad, const at::Tensor& y_s_adv,
+                                                                const at::Tensor& y_t_adv, const at::Tensor& stats,
+                                                                const at::Tensor& argmax, int64_t reduction);
+
+at::Tensor regression_mdd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                          const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction);
+
+std::tuple<at::Tensor, at::Tensor> _regression_mdd_backward(
+    const at::Tensor& grad, const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+    const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t,
+    double margin, int64_t loss_kind, int64_t reduction);
+
+// Shared argument checks and shape helpers of the CPU and CUDA kernels (defined in mdd.cpp).
+namespace mdd_detail {
+
+struct ClassificationGeometry {
+  int64_t n = 0;  // batch
+  int64_t c = 0;  // classes
+  int64_t d = 1;  // prod(d1..dk): the class stride
+  int64_t m = 0;  // samples = n * d
+  std::vector<int64_t> sample_shape;
+};
+
+ClassificationGeometry check_classification(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                                            const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                                            const std::optional<at::Tensor>& w_t, int64_t reduction);
+
+void check_regression(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                      const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                      const std::optional<at::Tensor>& w_t, int64_t loss_kind, int64_t reduction);
+
+// The weight as a contiguous tensor of `shape` in `like`'s dtype, or an undefined tensor for None.
+at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef shape, const at::Tensor& like);
+
+void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape);
+
+}  // namespace mdd_detail
+}  // namespace hal_ext

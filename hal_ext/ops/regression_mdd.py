@@ -1,0 +1,43 @@
+"""hal_ext::regression_mdd: the regression margin disparity discrepancy for F.l1_loss and F.mse_loss as
+one fused elementwise operator with a deterministic reduction, and one fused backward that writes the
+gradients of y_s_adv and y_t_adv. Other loss functions take the generic composition."""
+import torch
+import torch.nn.functional as F
+
+from .. import _native
+from .._validation import reduction_code
+from ..reference import mdd as reference
+from . import _mdd_routing
+
+# loss_function -> the operator's loss_kind
+LOSS_KINDS = {F.l1_loss: 0, F.mse_loss: 1}
+
+if _native.native_available():
+
+    @torch.library.register_fake("hal_ext::regression_mdd")
+    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction):
+        _mdd_routing.check_devices(y_s, y_s_adv, y_t, y_t_adv)
+        return y_s_adv.new_empty(y_s_adv.shape if reduction == 0 else ())
+
+    @torch.library.register_fake("hal_ext::_regression_mdd_backward")
+    def _(grad, y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction):
+        return y_s_adv.new_empty(y_s_adv.shape), y_t_adv.new_empty(y_t_adv.shape)
+
+    _OP = torch.ops.hal_ext.regression_mdd.default
+else:
+    _OP = None
+
+
+def regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=1., loss_function=F.l1_loss,
+                   reduction='mean'):
+    """``-margin * L(y_s_adv, y_s) * w_s + L(y_t_adv, y_t) * w_t`` elementwise, ``L = loss_function(...,
+    reduction='none')``, reduced. See :class:`hal_ext.alignment.mdd.RegressionMarginDisparityDiscrepancy`."""
+    code = reduction_code(reduction)
+    kind = LOSS_KINDS.get(loss_function)
+    if kind is not None and _OP is not None and type(margin) in (int, float) \
+            and _mdd_routing.fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t):
+        return _OP(y_s, y_s_adv, y_t, y_t_adv, None, None, float(margin), kind, code)
+    fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=False)
+    if fused and kind is not None and _OP is not None:
+        return _OP(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, float(margin), kind, code)
+    return reference.regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_function, reduction)

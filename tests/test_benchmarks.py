@@ -1,0 +1,71 @@
+"""The benchmark suite's machinery on one tiny case: the command runs end to end and writes JSON and
+Markdown with the documented fields (no timing assertions)."""
+import json
+
+import pytest
+import torch
+
+from benchmarks import __main__ as bench_main
+from benchmarks import cases, report, runner, timing
+from benchmarks.floor import floor_op
+
+
+def test_suite_writes_json_and_markdown(tmp_path):
+    rc = bench_main.main(["--quick", "--ops", "classifier_discrepancy", "--shapes", "4x5", "--modes", "fwd,fwd+bwd",
+                          "--reps", "2", "--device", "cpu", "--contenders", "eager,hal_ext,floor", "--train", "none", "--bandwidth-mib", "8",
+                          "--out", str(tmp_path), "--name", "tiny", "--machine", "test-machine"])
+    assert rc == 0
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    meta = result["meta"]
+    for key in ("machine", "cpu", "torch", "hal_ext_commit", "date", "preset", "dtype", "bandwidth"):
+        assert key in meta, key
+    assert meta["machine"] == "test-machine" and meta["bandwidth"]["gbps"] > 0
+    assert [(r["op"], r["shape"], r["mode"]) for r in result["results"]] == [
+        ("classifier_discrepancy", [4, 5], "fwd"), ("classifier_discrepancy", [4, 5], "fwd+bwd")]
+    for row in result["results"]:
+        assert row["bytes"] > 0 and row["hal_ext_gbps"] > 0 and "hal_ext_over_floor" in row
+        assert set(row["contenders"]) == {"eager", "hal_ext", "floor"}
+        for name, c in row["contenders"].items():
+            assert "error" not in c, (name, c)
+            assert c["reps"] == 2 and c["q1_s"] <= c["median_s"] <= c["q3_s"]
+            assert c["ratio_to_hal_ext"] > 0 and c["memory"]["peak_bytes"] >= 0
+    md = (tmp_path / "tiny.md").read_text()
+    assert "test-machine" in md and "| classifier_discrepancy | 4x5 | fwd+bwd |" in md
+    for column in report.TABLE_COLUMNS:
+        assert column in md
+    assert (tmp_path / "tiny.png").stat().st_size > 0
+
+
+def test_missing_api_is_skipped_with_a_note():
+    case = cases.Case("absent_op", "hal_ext.nowhere.op", "overhead", lambda s, d, t: [torch.rand(s)],
+                      lambda s: (torch.sum, "torch.sum"), lambda s: cases.public("hal_ext.nowhere", "op"),
+                      lambda s, b, m: 0, {"quick": [(3,)], "full": [(3,)], "sweep": []}, diff=(0,))
+    lines = []
+    rows, skipped = runner.run_all([case], {"preset": runner.PRESETS["quick"], "device": "cpu"},
+                                   log=lambda *a, **k: lines.append(a[0]))
+    assert rows == [] and skipped[0]["op"] == "absent_op" and "hal_ext.nowhere.op" in skipped[0]["reason"]
+    assert len(lines) == 1
+
+
+def test_every_case_declares_shapes_and_bytes():
+    for case in cases.all_cases():
+        assert case.shapes["quick"] and case.shapes["full"] and case.shapes["sweep"], case.name
+        inputs = case.make_inputs(case.shapes["quick"][0], "cpu", torch.float32)
+        assert all(i < len(inputs) for i in case.diff)
+        for mode in case.modes:
+            assert case.bytes(case.shapes["quick"][0], 4, mode) > 0
+
+
+@pytest.mark.parametrize("outputs", ["scalar", "like", "like2"])
+def test_floor_op_has_the_op_signature(outputs):
+    a, b = torch.rand(3, 4, requires_grad=True), torch.rand(3, 4)
+    out = floor_op(2, outputs)(a, b)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert outs[0].shape == (() if outputs == "scalar" else (3, 4))
+    (grad_a,) = torch.autograd.grad(outs[0], [a], torch.ones_like(outs[0]))
+    assert grad_a.shape == a.shape
+
+
+def test_summary_statistics():
+    s = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert s == {"median_s": 3.0, "q1_s": 2.0, "q3_s": 4.0, "reps": 5}
