@@ -8,7 +8,13 @@ import torch
 import hal_ext
 from helpers import expects_cuda_kernels
 
-OPS = ["classifier_discrepancy", "classification_mdd", "regression_mdd"]
+OPS = [
+    "classifier_discrepancy",
+    "classification_mdd",
+    "regression_mdd",
+    "pseudo_label_2d",
+    "fast_pseudo_label_2d",
+]
 
 
 def test_native_library_loaded():
