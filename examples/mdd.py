@@ -140,7 +140,7 @@ def plot(args, data, models, histories, accs):
 
 
 def parse_args(argv=None):
-    p = C.base_parser(__doc__.splitlines()[0], iters=500, quick_iters=5)
+    p = C.base_parser(__doc__.splitlines()[0], iters=800, quick_iters=5)
     p.add_argument("--n", type=int, default=2000, help="images per domain")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--width", type=int, default=32, help="backbone channels")
