@@ -14,6 +14,8 @@ OPS = [
     "regression_mdd",
     "pseudo_label_2d",
     "fast_pseudo_label_2d",
+    "mcd_entropy",
+    "shift_log",
 ]
 
 

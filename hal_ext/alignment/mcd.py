@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 from ..ops.classifier_discrepancy import classifier_discrepancy as _classifier_discrepancy
+from ..ops.mcd_entropy import mcd_entropy as _mcd_entropy
 
-__all__ = ["classifier_discrepancy", "ImageClassifierHead"]
+__all__ = ["classifier_discrepancy", "entropy", "ImageClassifierHead"]
 
 
 def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,31 @@ def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tenso
         >>> loss = classifier_discrepancy(p1, p2)
     """
     return _classifier_discrepancy(predictions1, predictions2)
+
+
+def entropy(predictions: torch.Tensor) -> torch.Tensor:
+    r"""The entropy term of MCD: minus the mean log of the mean prediction over the batch,
+
+    .. math:: d(p) = -\frac{1}{M} \sum_{k=1}^{M} \log \Big( \frac{1}{N} \sum_{i=1}^{N} p_{i,k} + \epsilon \Big)
+
+    with :math:`\epsilon = 10^{-6}` and M the number of elements per sample (the classes C for
+    :math:`(N, C)` predictions). This is tllib's MCD ``entropy`` (not a per-sample Shannon entropy),
+    computed in one fused kernel forward and one backward.
+
+    Args:
+        predictions (torch.Tensor): classifier predictions :math:`(N, *)`, e.g. :math:`(N, C)` softmax
+            outputs; at least 1-D (a 1-D input is N samples of one element).
+
+    Returns:
+        A scalar tensor of the input's dtype (NaN for an empty batch, as ``torch.mean``). Gradient:
+        ``-g / (M * N * (m_k + 1e-6))`` to every :math:`p_{i,k}`, with :math:`m_k` the column mean.
+
+    Example::
+
+        >>> predictions = torch.randn(32, 31).softmax(1)
+        >>> loss = entropy(predictions)
+    """
+    return _mcd_entropy(predictions)
 
 
 class ImageClassifierHead(nn.Module):

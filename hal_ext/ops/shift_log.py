@@ -1,9 +1,19 @@
-"""shift_log(x, offset) = log(min(x + offset, 1)). (Reference-only placeholder: the fused operator
-replaces the body of `shift_log` below.)"""
+"""hal_ext::shift_log: log(min(x + offset, 1)), elementwise, fused forward and backward."""
 import torch
 
+from .. import _native
 from .._validation import check_float_tensor
 from ..reference import mdd as reference
+
+if _native.native_available():
+
+    @torch.library.register_fake("hal_ext::shift_log")
+    def _(x, offset):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("hal_ext::_shift_log_backward")
+    def _(grad, x, offset):
+        return x.new_empty(x.shape)
 
 
 def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
@@ -29,4 +39,6 @@ def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
     check_float_tensor(x, "x")
     if not offset > 0:
         raise ValueError(f"offset must be > 0, got {offset!r}")
+    if _native.native_available():
+        return torch.ops.hal_ext.shift_log(x, offset)
     return reference.shift_log(x, offset)

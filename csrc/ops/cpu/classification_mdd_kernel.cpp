@@ -5,11 +5,6 @@
 // Backward: one pass reading y_adv and the statistics, writing both gradients.
 // (N, C) logits are processed row by row, vectorised over the classes; (N, C, d1..dk) logits in
 // tiles of consecutive positions d, vectorised over d (class stride D = prod(d), no permute copy).
-// hal_exp's branch-free selects vectorise only when GCC may assume that floating-point exceptions are
-// not observed; this changes no result (no -ffast-math: NaN and infinities behave as usual).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -12,11 +12,6 @@
 // for ground_truth, `base` / clamp(sum - own) for ground_false. Two sequential write streams at a
 // time, so the stores run at copy speed.
 
-// hal_exp's branch-free selects and float->int conversion vectorise only when GCC may assume that
-// floating-point exceptions are not observed; this changes no result (no -ffast-math).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

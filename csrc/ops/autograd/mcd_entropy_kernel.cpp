@@ -1,0 +1,41 @@
+// Autograd kernel of hal_ext::mcd_entropy: forward below autograd (it also returns the column means,
+// a non-differentiable output), backward through hal_ext::_mcd_entropy_backward, which needs only the
+// column means and the batch size (the predictions are not saved).
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "ops/mcd_entropy.h"
+
+namespace hal_ext {
+namespace {
+
+class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& predictions) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, means] = mcd_entropy(predictions);
+    ctx->mark_non_differentiable({means});
+    ctx->save_for_backward({means});
+    ctx->saved_data["batch_size"] = predictions.sym_size(0);
+    return {loss, means};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    return {_mcd_entropy_backward(grad_outputs[0], saved[0], ctx->saved_data["batch_size"].toSymInt())};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> mcd_entropy_autograd(const at::Tensor& predictions) {
+  auto outputs = McdEntropyFunction::apply(predictions);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, Autograd, m) {
+  m.impl("mcd_entropy", &mcd_entropy_autograd);
+}
+
+}  // namespace hal_ext

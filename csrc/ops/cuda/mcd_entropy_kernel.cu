@@ -1,0 +1,137 @@
+// CUDA kernels of hal_ext::mcd_entropy (math in mcd_entropy_math.h).
+//   H(p) = -(1/M) sum_k log(m_k + 1e-6),  m_k = (1/N) sum_i p[i, k];  dH/dp[i, k] = -g / (M N (m_k + 1e-6))
+// Forward, up to kDirectRows rows: ONE launch of the deterministic ordered sum over the M columns, each
+// term summing its column over the rows (coalesced across threads), writing m_k and returning the log
+// term. More rows: a first kernel writes per-row-split column sums, which the terms then add in split
+// order. No atomics: bitwise reproducible. Backward: one elementwise launch that reads g on the device.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cuda_reduce.cuh"
+#include "ops/mcd_entropy.h"
+#include "ops/mcd_entropy_math.h"
+
+namespace hal_ext {
+namespace {
+
+namespace math = mcd_entropy_math;
+constexpr int64_t kDirectRows = 2048;  // rows summed by one thread per column
+constexpr int kThreads = 256;
+
+// Column k summed over rows [0, n) of p (stride m), or over `splits` partial rows of `partials`.
+template <typename scalar_t, typename acc_t>
+struct ColumnLogTerm {
+  const scalar_t* p;
+  const acc_t* partials;
+  acc_t* means;
+  int64_t n, m, splits;
+  __device__ acc_t operator()(int64_t k) const {
+    acc_t s = 0;
+    if (partials == nullptr) {
+      for (int64_t i = 0; i < n; ++i) s += static_cast<acc_t>(p[i * m + k]);
+    } else {
+      for (int64_t r = 0; r < splits; ++r) s += partials[r * m + k];
+    }
+    const acc_t mk = s / static_cast<acc_t>(n);  // 0 / 0 = NaN for an empty batch, as torch.mean
+    means[k] = mk;
+    return math::log_term<acc_t>(mk);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct WriteLoss {
+  scalar_t* out;
+  int64_t m;
+  __device__ void operator()(acc_t total) const { *out = static_cast<scalar_t>(math::loss<acc_t>(total, m)); }
+};
+
+// partials[r, k] = sum of p[i, k] over rows [r * kDirectRows, (r + 1) * kDirectRows).
+template <typename scalar_t, typename acc_t>
+__global__ void column_partials_kernel(const scalar_t* p, acc_t* partials, int64_t n, int64_t m) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= m) return;
+  const int64_t r = blockIdx.y;
+  const int64_t i0 = r * kDirectRows, i1 = i0 + kDirectRows < n ? i0 + kDirectRows : n;
+  acc_t s = 0;
+  for (int64_t i = i0; i < i1; ++i) s += static_cast<acc_t>(p[i * m + k]);
+  partials[r * m + k] = s;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void mcd_entropy_backward_kernel(const scalar_t* grad, const acc_t* means, scalar_t* out, int64_t n,
+                                            int64_t m) {
+  const acc_t g_over_mn = static_cast<acc_t>(*grad) / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
+  const int64_t total = n * m;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    out[i] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, means[i % m]));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& predictions) {
+  check_mcd_entropy_input(predictions);
+  c10::cuda::CUDAGuard guard(predictions.device());
+  const at::Tensor p = predictions.contiguous();
+  const int64_t n = p.size(0);
+  int64_t m = 1;
+  for (int64_t d = 1; d < p.dim(); ++d) m *= p.size(d);
+  const auto acc_type = at::toOpMathType(p.scalar_type());
+  at::Tensor loss = at::empty({}, p.options());
+  at::Tensor means = at::empty(p.sizes().slice(1), p.options().dtype(acc_type));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mcd_entropy_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* in = p.const_data_ptr<scalar_t>();
+    acc_t* mean = means.mutable_data_ptr<acc_t>();
+    const WriteLoss<scalar_t, acc_t> finish{loss.mutable_data_ptr<scalar_t>(), m};
+    if (n <= kDirectRows || m == 0) {
+      cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, nullptr, mean, n, m, 0}, finish);
+      return;
+    }
+    const int64_t splits = (n + kDirectRows - 1) / kDirectRows;
+    at::Tensor partials = at::empty({splits, m}, p.options().dtype(acc_type));
+    acc_t* part = partials.mutable_data_ptr<acc_t>();
+    const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(splits));
+    column_partials_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(in, part, n, m);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, part, mean, n, m, splits}, finish);
+  });
+  return {loss, means};
+}
+
+at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& column_means, int64_t batch_size) {
+  check_mcd_entropy_backward_input(grad, column_means, batch_size);
+  check_same_device(column_means, "column_means", grad, "grad");
+  c10::cuda::CUDAGuard guard(column_means.device());
+  const at::Tensor means = column_means.contiguous();
+  const int64_t n = batch_size, m = means.numel();
+  std::vector<int64_t> sizes{n};
+  sizes.insert(sizes.end(), means.sizes().begin(), means.sizes().end());
+  at::Tensor out = at::empty(sizes, means.options().dtype(grad.scalar_type()));
+  if (n == 0 || m == 0) return out;
+  const at::Tensor g = grad.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mcd_entropy_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    mcd_entropy_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n * m, kThreads), kThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+  m.impl("mcd_entropy", &mcd_entropy_cuda);
+  m.impl("_mcd_entropy_backward", &mcd_entropy_backward_cuda);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,86 @@
+// CUDA kernels of hal_ext::shift_log (math in shift_log_math.h): y = log(min(x + offset, 1)),
+// dy/dx = g / (x + offset) where x + offset <= 1, else 0. One grid-stride launch each way.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/cuda_reduce.cuh"
+#include "ops/shift_log.h"
+#include "ops/shift_log_math.h"
+
+namespace hal_ext {
+namespace {
+
+namespace math = shift_log_math;
+constexpr int kThreads = 256;
+
+template <typename scalar_t, typename acc_t>
+__global__ void shift_log_kernel(const scalar_t* x, scalar_t* out, acc_t offset, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = static_cast<scalar_t>(math::value<acc_t>(static_cast<acc_t>(x[i]), offset));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void shift_log_backward_kernel(const scalar_t* grad, const scalar_t* x, scalar_t* out, acc_t offset,
+                                          int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = static_cast<scalar_t>(
+        math::grad<acc_t>(static_cast<acc_t>(grad[i]), static_cast<acc_t>(x[i]), offset));
+  }
+}
+
+at::Tensor shift_log_cuda(const at::Tensor& x, double offset) {
+  check_float_tensor(x, "x");
+  check_shift_log_offset(offset);
+  c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  if (n == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    shift_log_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+        xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(offset), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, double offset) {
+  check_float_tensor(x, "x");
+  check_paired(x, "x", grad, "grad");
+  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad must have the dtype of x (", x.scalar_type(),
+                   "), got ", grad.scalar_type());
+  check_shift_log_offset(offset);
+  c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  if (n == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    shift_log_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+        static_cast<acc_t>(offset), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+  m.impl("shift_log", &shift_log_cuda);
+  m.impl("_shift_log_backward", &shift_log_backward_cuda);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,43 @@
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <tuple>
+
+namespace hal_ext {
+
+// Returns (loss, column_means); column_means has shape predictions.shape[1:] and the accumulation
+// dtype (float32 for float16/bfloat16 inputs).
+std::tuple<at::Tensor, at::Tensor> mcd_entropy(const at::Tensor& predictions);
+
+// The gradient of the predictions, shape (batch_size, *column_means.shape), dtype of grad.
+at::Tensor _mcd_entropy_backward(const at::Tensor& grad, const at::Tensor& column_means, c10::SymInt batch_size);
+
+}  // namespace hal_ext
+
+#include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
+
+#include "common/checks.h"
+
+namespace hal_ext {
+
+inline void check_mcd_entropy_input(const at::Tensor& predictions) {
+  check_float_tensor(predictions, "predictions");
+  TORCH_CHECK_VALUE(predictions.dim() >= 1, "predictions must have at least 1 dimension (N, *), got shape ",
+                    predictions.sizes());
+}
+
+// column_means must be a float tensor of the accumulation dtype of grad's dtype.
+inline void check_mcd_entropy_backward_input(const at::Tensor& grad, const at::Tensor& column_means,
+                                             int64_t batch_size) {
+  check_scalar_grad(grad);
+  check_float_tensor(grad, "grad");
+  check_float_tensor(column_means, "column_means");
+  const auto acc = at::toOpMathType(grad.scalar_type());
+  TORCH_CHECK_TYPE(column_means.scalar_type() == acc, "column_means must have dtype ", acc, " for a ",
+                   grad.scalar_type(), " grad, got ", column_means.scalar_type());
+  TORCH_CHECK_VALUE(batch_size >= 0, "batch_size must be >= 0, got ", batch_size);
+}
+
+}  // namespace hal_ext

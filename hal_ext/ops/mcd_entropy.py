@@ -1,0 +1,28 @@
+"""hal_ext::mcd_entropy: -mean_k log(mean_i p[i, k] + 1e-6), fused forward (which also returns the
+column means) and a backward that only writes the gradient."""
+import torch
+
+from .. import _native
+from .._validation import check_float_tensor, check_min_dim
+from ..reference import mcd as reference
+
+_ACC_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+if _native.native_available():
+
+    @torch.library.register_fake("hal_ext::mcd_entropy")
+    def _(predictions):
+        acc = _ACC_DTYPE.get(predictions.dtype, predictions.dtype)
+        return predictions.new_empty(()), predictions.new_empty(predictions.shape[1:], dtype=acc)
+
+    @torch.library.register_fake("hal_ext::_mcd_entropy_backward")
+    def _(grad, column_means, batch_size):
+        return column_means.new_empty((batch_size, *column_means.shape), dtype=grad.dtype)
+
+
+def mcd_entropy(predictions: torch.Tensor) -> torch.Tensor:
+    check_float_tensor(predictions, "predictions")
+    check_min_dim(predictions, "predictions", 1, "(N, *)")
+    if _native.native_available():
+        return torch.ops.hal_ext.mcd_entropy(predictions)[0]
+    return reference.entropy(predictions)
