@@ -12,16 +12,10 @@ import types
 
 import torch.nn as nn
 
+from hal_ext.reference import mdd as _ref_mdd
+from hal_ext.reference import regda as _ref_regda
+
 BACKENDS = ("reference", "hal_ext")
-
-
-def _try(importer, fallback_name):
-    # TEMPORARY: stand-ins for names that have not landed on this branch yet.
-    try:
-        return importer()
-    except (ImportError, AttributeError):
-        import _standins
-        return getattr(_standins, fallback_name)
 
 
 def _mcd(backend):
@@ -29,9 +23,7 @@ def _mcd(backend):
         from hal_ext.alignment import mcd as m
     else:
         from hal_ext.reference import mcd as m
-    return types.SimpleNamespace(
-        classifier_discrepancy=m.classifier_discrepancy,
-        entropy=_try(lambda: m.entropy, "entropy"))
+    return types.SimpleNamespace(classifier_discrepancy=m.classifier_discrepancy, entropy=m.entropy)
 
 
 class _ReferenceClassificationMDD(nn.Module):
@@ -42,8 +34,7 @@ class _ReferenceClassificationMDD(nn.Module):
         self.margin, self.reduction = margin, reduction
 
     def forward(self, y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None):
-        from hal_ext.reference import mdd
-        return mdd.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin=self.margin,
+        return _ref_mdd.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin=self.margin,
                                       reduction=self.reduction)
 
 
@@ -55,8 +46,8 @@ class _ReferenceJointsKLLoss(nn.Module):
         self.reduction, self.epsilon = reduction, epsilon
 
     def forward(self, output, target, target_weight=None):
-        from hal_ext.reference import keypoint_detection
-        return keypoint_detection.joints_kl_loss(output, target, target_weight, reduction=self.reduction,
+        from hal_ext.reference import keypoint_detection as _ref_kd
+        return _ref_kd.joints_kl_loss(output, target, target_weight, reduction=self.reduction,
                                                  epsilon=self.epsilon)
 
 
@@ -68,8 +59,8 @@ class _ReferenceJointsMSELoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, output, target, target_weight=None):
-        from hal_ext.reference import keypoint_detection
-        return keypoint_detection.joints_mse_loss(output, target, target_weight, reduction=self.reduction)
+        from hal_ext.reference import keypoint_detection as _ref_kd
+        return _ref_kd.joints_mse_loss(output, target, target_weight, reduction=self.reduction)
 
 
 class _ReferencePseudoLabelGenerator2d(nn.Module):
@@ -80,8 +71,7 @@ class _ReferencePseudoLabelGenerator2d(nn.Module):
         self.num_keypoints, self.height, self.width, self.sigma = num_keypoints, height, width, sigma
 
     def forward(self, y):
-        from hal_ext.reference import regda
-        return regda.pseudo_label_2d(y, self.sigma)
+        return _ref_regda.pseudo_label_2d(y, self.sigma)
 
 
 class _ReferenceRegressionDisparity(nn.Module):
@@ -98,49 +88,34 @@ class _ReferenceRegressionDisparity(nn.Module):
         return self.criterion(y_adv, self.ground_truth if mode == "min" else self.ground_false, weight)
 
 
-def _has(module, fn):
-    # TEMPORARY: whether the reference function has landed on this branch yet.
-    import importlib
-    try:
-        return hasattr(importlib.import_module(module), fn)
-    except ImportError:
-        return False
-
-
 def _mdd(backend):
     if backend == "hal_ext":
-        def cmdd():
-            from hal_ext.alignment.mdd import ClassificationMarginDisparityDiscrepancy as c
-            return c
-        return types.SimpleNamespace(
-            ClassificationMarginDisparityDiscrepancy=_try(cmdd, "ClassificationMarginDisparityDiscrepancy"))
-    if not _has("hal_ext.reference.mdd", "classification_mdd"):
-        import _standins
-        return types.SimpleNamespace(ClassificationMarginDisparityDiscrepancy=_standins.ClassificationMarginDisparityDiscrepancy)
+        from hal_ext.alignment.mdd import ClassificationMarginDisparityDiscrepancy
+        return types.SimpleNamespace(ClassificationMarginDisparityDiscrepancy=ClassificationMarginDisparityDiscrepancy)
     return types.SimpleNamespace(ClassificationMarginDisparityDiscrepancy=_ReferenceClassificationMDD)
 
 
 def _regda(backend):
     if backend == "reference":
-        import _standins
-        kd = _has("hal_ext.reference.keypoint_detection", "joints_kl_loss")
-        plg = _has("hal_ext.reference.regda", "pseudo_label_2d")
+        try:
+            from hal_ext.reference import keypoint_detection  # noqa: F401
+            kl, mse = _ReferenceJointsKLLoss, _ReferenceJointsMSELoss
+        except ImportError:  # TEMPORARY until the keypoint losses land on main
+            import _standins
+            kl, mse = _standins.JointsKLLoss, _standins.JointsMSELoss
         return types.SimpleNamespace(
-            PseudoLabelGenerator2d=_ReferencePseudoLabelGenerator2d if plg else _standins.PseudoLabelGenerator2d,
+            PseudoLabelGenerator2d=_ReferencePseudoLabelGenerator2d,
             RegressionDisparity=_ReferenceRegressionDisparity,
-            JointsKLLoss=_ReferenceJointsKLLoss if kd else _standins.JointsKLLoss,
-            JointsMSELoss=_ReferenceJointsMSELoss if kd else _standins.JointsMSELoss)
-
-    def name(pkg, n):
-        def imp():
-            import importlib
-            return getattr(importlib.import_module(pkg), n)
-        return _try(imp, n)
-    return types.SimpleNamespace(
-        PseudoLabelGenerator2d=name("hal_ext.alignment.regda", "PseudoLabelGenerator2d"),
-        RegressionDisparity=name("hal_ext.alignment.regda", "RegressionDisparity"),
-        JointsKLLoss=name("hal_ext.keypoint_detection", "JointsKLLoss"),
-        JointsMSELoss=name("hal_ext.keypoint_detection", "JointsMSELoss"))
+            JointsKLLoss=kl,
+            JointsMSELoss=mse)
+    from hal_ext.alignment.regda import PseudoLabelGenerator2d, RegressionDisparity
+    try:
+        from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
+    except ImportError:  # TEMPORARY until the keypoint losses land on main
+        from _standins import JointsKLLoss, JointsMSELoss
+    return types.SimpleNamespace(PseudoLabelGenerator2d=PseudoLabelGenerator2d,
+                                 RegressionDisparity=RegressionDisparity,
+                                 JointsKLLoss=JointsKLLoss, JointsMSELoss=JointsMSELoss)
 
 
 def load(method: str, backend: str) -> types.SimpleNamespace:
@@ -148,22 +123,3 @@ def load(method: str, backend: str) -> types.SimpleNamespace:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return {"mcd": _mcd, "mdd": _mdd, "regda": _regda}[method](backend)
 
-
-# The models are hal_ext's public (tllib-compatible) modules in both back-ends.
-def ImageClassifierHead(*args, **kwargs):
-    from hal_ext.alignment.mcd import ImageClassifierHead as c
-    return c(*args, **kwargs)
-
-
-def ImageClassifier(*args, **kwargs):
-    def imp():
-        from hal_ext.alignment.mdd import ImageClassifier as c
-        return c
-    return _try(imp, "ImageClassifier")(*args, **kwargs)
-
-
-def PoseResNet2d(*args, **kwargs):
-    def imp():
-        from hal_ext.alignment.regda import PoseResNet2d as c
-        return c
-    return _try(imp, "PoseResNet2d")(*args, **kwargs)

@@ -22,6 +22,7 @@ from torch.optim import SGD
 
 import _common as C
 import _losses
+from hal_ext.alignment.mcd import ImageClassifierHead
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -81,8 +82,8 @@ class Generator(nn.Module):
 def build(args):
     G = Generator(args.width)
     # pool_layer=Identity: the features are already vectors (tllib's --no-pool)
-    F1 = _losses.ImageClassifierHead(G.out_features, args.num_classes, args.bottleneck_dim, nn.Identity())
-    F2 = _losses.ImageClassifierHead(G.out_features, args.num_classes, args.bottleneck_dim, nn.Identity())
+    F1 = ImageClassifierHead(G.out_features, args.num_classes, args.bottleneck_dim, nn.Identity())
+    F2 = ImageClassifierHead(G.out_features, args.num_classes, args.bottleneck_dim, nn.Identity())
     # as tllib: plain SGD for G, SGD with momentum for the heads, weight decay 5e-4
     optimizer_g = SGD(G.parameters(), lr=args.lr, weight_decay=0.0005)
     optimizer_f = SGD([{"params": F1.parameters()}, {"params": F2.parameters()}],

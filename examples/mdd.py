@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 import _common as C
 import _losses
 import shapes
+from hal_ext.alignment.mdd import ImageClassifier
 from hal_ext.modules.grl import WarmStartGradientReverseLayer
 
 
@@ -56,7 +57,7 @@ def train(args, losses, data, adapt: bool):
     # the reverse layer warms up over this run's length instead of tllib's fixed 1000 iterations
     grl = WarmStartGradientReverseLayer(alpha=1.0, lo=0.0, hi=args.grl_hi, max_iters=args.grl_iters or args.iters,
                                         auto_step=False)
-    classifier = _losses.ImageClassifier(Backbone(args.width), len(shapes.CLASSES),
+    classifier = ImageClassifier(Backbone(args.width), len(shapes.CLASSES),
                                          bottleneck_dim=args.bottleneck_dim, width=args.bottleneck_dim,
                                          grl=grl, finetune=False)
     mdd = losses.ClassificationMarginDisparityDiscrepancy(args.margin)

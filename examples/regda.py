@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 import _common as C
 import _losses
+from hal_ext.alignment.regda import PoseResNet2d
 from hal_ext.modules.gl import WarmStartGradientLayer
 
 KEYPOINTS = ("shoulder", "elbow", "wrist", "fingertip")
@@ -206,7 +207,7 @@ def train(args, losses, data, pretrained: PoseNet):
     up = upsampling(2 * args.width, args.feature_dim)
     gl = WarmStartGradientLayer(alpha=1.0, lo=0.0, hi=args.gl_hi, max_iters=args.gl_iters or args.iters,
                                 auto_step=False)
-    model = _losses.PoseResNet2d(backbone, up, args.feature_dim, len(KEYPOINTS), gl=gl,
+    model = PoseResNet2d(backbone, up, args.feature_dim, len(KEYPOINTS), gl=gl,
                                  num_head_layers=args.num_head_layers, finetune=True)
     # as tllib: load the pretrained weights whose names exist in the RegDA model
     model_dict = model.state_dict()
