@@ -8,7 +8,8 @@ import torch
 import hal_ext
 from helpers import expects_cuda_kernels
 
-OPS = ["classifier_discrepancy", "pseudo_label_2d", "fast_pseudo_label_2d", "joints_mse_loss", "joints_kl_loss"]
+OPS = ["classifier_discrepancy", "pseudo_label_2d", "fast_pseudo_label_2d", "joints_mse_loss", "joints_kl_loss",
+       "regression_disparity"]
 
 
 def test_native_library_loaded():
