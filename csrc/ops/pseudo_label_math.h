@@ -116,7 +116,7 @@ HAL_HOST_DEVICE Axis truncated_axis(int64_t pos, double sigma, int64_t extent) {
 
 // Conservative box for the Fast variant: outside it the thresholded Gaussian is exactly 0.
 HAL_HOST_DEVICE Axis fast_axis(int64_t pos, double sigma, int64_t extent) {
-  double r = ::ceil(3.07 * sigma) + 1.0;
+  double r = ::ceil(3.07 * sigma);  // pixels outside have |P - pos| >= r + 1 > 3.07 sigma
   const double lim = static_cast<double>(extent) + 1.0;
   r = r > lim ? lim : r;
   const int64_t ri = static_cast<int64_t>(r);

@@ -11,6 +11,7 @@
 // scratch; then each map k's band is written front to back, once per pixel: zeros / its Gaussian
 // for ground_truth, `base` / clamp(sum - own) for ground_false. Two sequential write streams at a
 // time, so the stores run at copy speed.
+
 // hal_exp's branch-free selects and float->int conversion vectorise only when GCC may assume that
 // floating-point exceptions are not observed; this changes no result (no -ffast-math).
 #if defined(__GNUC__) && !defined(__clang__)
@@ -32,46 +33,69 @@
 #include "ops/pseudo_label.h"
 #include "ops/pseudo_label_math.h"
 
+#define HAL_SIMD_OR(var) HAL_PRAGMA(omp simd reduction(| : var))
+
 namespace hal_ext {
 namespace {
 
 namespace math = pseudo_label_math;
 
-// First argmax of p[0, n): per-lane (value, index) accumulators that the compiler vectorises, merged
-// with the shared combine rule. Indices are int32 within segments of at most 2^30 elements.
+// First argmax of p[0, n) (NaN = max, lowest index among equals), in two vectorised passes over
+// blocks of L elements: the maximum and whether a NaN occurs (lane-wise max/or, L lanes), then the
+// first element equal to it (or the first NaN), which re-reads the map from L1/L2 and stops at the
+// first block that holds it. Equivalent to a scan with pseudo_label_math::argmax_better.
 template <typename scalar_t>
 math::ArgMax<at::opmath_type<scalar_t>> map_argmax(const scalar_t* p, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int L = 16;
-  constexpr int64_t kSegment = int64_t(1) << 30;
-  math::ArgMax<acc_t> best = math::argmax_init<acc_t>();
-  for (int64_t s = 0; s < n; s += kSegment) {
-    const scalar_t* q = p + s;
-    const int32_t len = static_cast<int32_t>(std::min(kSegment, n - s));
-    int32_t i = 0;
-    if (len >= L) {
-      acc_t bv[L];
-      int32_t bi[L];
-      for (int l = 0; l < L; ++l) {
-        bv[l] = static_cast<acc_t>(q[l]);
-        bi[l] = l;
-      }
-      for (i = L; i + L <= len; i += L) {
-        const scalar_t* block = q + i;
-        HAL_SIMD
-        for (int l = 0; l < L; ++l) {
-          const acc_t v = static_cast<acc_t>(block[l]);
-          // Lane indices only grow, so strict '>' keeps the first of equal values; the first NaN wins.
-          const bool take = (v > bv[l]) | ((v != v) & (bv[l] == bv[l]));
-          bv[l] = take ? v : bv[l];
-          bi[l] = take ? i + l : bi[l];
-        }
-      }
-      for (int l = 0; l < L; ++l) best = math::argmax_combine(best, math::ArgMax<acc_t>{bv[l], s + bi[l]});
+  constexpr int64_t L = 32;
+  const int64_t full = n - n % L;
+  acc_t m = static_cast<acc_t>(p[0]);
+  bool nan = m != m;
+  if (full > 0) {
+    acc_t lane_max[L];
+    int32_t lane_nan[L];
+    for (int64_t l = 0; l < L; ++l) {
+      lane_max[l] = static_cast<acc_t>(p[l]);
+      lane_nan[l] = 0;
     }
-    for (; i < len; ++i) best = math::argmax_combine(best, math::ArgMax<acc_t>{static_cast<acc_t>(q[i]), s + i});
+    for (int64_t i = 0; i < full; i += L) {
+      const scalar_t* block = p + i;
+      HAL_SIMD
+      for (int64_t l = 0; l < L; ++l) {
+        const acc_t v = static_cast<acc_t>(block[l]);
+        lane_max[l] = v > lane_max[l] ? v : lane_max[l];
+        lane_nan[l] |= static_cast<int32_t>(v != v);
+      }
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      m = lane_max[l] > m ? lane_max[l] : m;
+      nan = nan || lane_nan[l] != 0;
+    }
   }
-  return best;
+  for (int64_t i = full; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(p[i]);
+    m = v > m ? v : m;
+    nan = nan || v != v;
+  }
+  if (nan) m = static_cast<acc_t>(NAN);
+  auto is_max = [m, nan](acc_t v) { return nan ? v != v : v == m; };
+  int64_t i = 0;
+  for (; i < full; i += L) {
+    const scalar_t* block = p + i;
+    int32_t hit = 0;
+    if (nan) {
+      HAL_SIMD_OR(hit)
+      for (int64_t l = 0; l < L; ++l) { const acc_t v = static_cast<acc_t>(block[l]); hit |= static_cast<int32_t>(v != v); }
+    } else {
+      HAL_SIMD_OR(hit)
+      for (int64_t l = 0; l < L; ++l) hit |= static_cast<int32_t>(static_cast<acc_t>(block[l]) == m);
+    }
+    if (hit) break;
+  }
+  for (; i < n; ++i) {
+    if (is_max(static_cast<acc_t>(p[i]))) return {m, i};
+  }
+  return {m, 0};  // unreachable for n > 0
 }
 
 // out[i] = G(dx0 + i, dy) for i in [0, n).
