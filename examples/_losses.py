@@ -97,22 +97,13 @@ def _mdd(backend):
 
 def _regda(backend):
     if backend == "reference":
-        try:
-            from hal_ext.reference import keypoint_detection  # noqa: F401
-            kl, mse = _ReferenceJointsKLLoss, _ReferenceJointsMSELoss
-        except ImportError:  # TEMPORARY until the keypoint losses land on main
-            import _standins
-            kl, mse = _standins.JointsKLLoss, _standins.JointsMSELoss
         return types.SimpleNamespace(
             PseudoLabelGenerator2d=_ReferencePseudoLabelGenerator2d,
             RegressionDisparity=_ReferenceRegressionDisparity,
-            JointsKLLoss=kl,
-            JointsMSELoss=mse)
+            JointsKLLoss=_ReferenceJointsKLLoss,
+            JointsMSELoss=_ReferenceJointsMSELoss)
     from hal_ext.alignment.regda import PseudoLabelGenerator2d, RegressionDisparity
-    try:
-        from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
-    except ImportError:  # TEMPORARY until the keypoint losses land on main
-        from _standins import JointsKLLoss, JointsMSELoss
+    from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
     return types.SimpleNamespace(PseudoLabelGenerator2d=PseudoLabelGenerator2d,
                                  RegressionDisparity=RegressionDisparity,
                                  JointsKLLoss=JointsKLLoss, JointsMSELoss=JointsMSELoss)

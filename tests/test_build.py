@@ -16,6 +16,9 @@ OPS = [
     "fast_pseudo_label_2d",
     "mcd_entropy",
     "shift_log",
+    "joints_mse_loss",
+    "joints_kl_loss",
+    "regression_disparity",
 ]
 
 

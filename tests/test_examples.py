@@ -47,8 +47,6 @@ def test_backends_follow_the_same_trajectory(method, tmp_path):
 def test_backend_switch_selects_the_right_implementation(method):
     load_example(method)  # puts examples/ on sys.path
     import _losses
-    if method == "regda" and importlib.util.find_spec("hal_ext.keypoint_detection") is None:
-        pytest.xfail("hal_ext.keypoint_detection has not landed yet: the example uses _standins.py")
     fused = _losses.load(method, "hal_ext")
     for name, obj in vars(fused).items():
         assert obj.__module__.startswith("hal_ext.") and not obj.__module__.startswith("hal_ext.reference"), \

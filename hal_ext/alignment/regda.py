@@ -172,9 +172,72 @@ class RegressionDisparity(nn.Module):
         self.criterion = criterion
         self.pseudo_label_generator = pseudo_label_generator
 
+    # --- fused path (hal_ext generator + hal_ext criterion): the maps are computed lazily ----------
+    @property
+    def ground_truth(self):
+        self._materialise_labels()
+        return self.__dict__.get("_ground_truth")
+
+    @ground_truth.setter
+    def ground_truth(self, value):
+        self.__dict__["_ground_truth"] = value
+
+    @property
+    def ground_false(self):
+        self._materialise_labels()
+        return self.__dict__.get("_ground_false")
+
+    @ground_false.setter
+    def ground_false(self, value):
+        self.__dict__["_ground_false"] = value
+
+    def _materialise_labels(self):
+        pending = self.__dict__.pop("_pending_y", None)
+        if pending is not None:
+            generator, y = pending
+            with torch.no_grad():
+                self.ground_truth, self.ground_false = generator(y)
+
+    def _fused_forward(self, y, y_adv, weight, mode):
+        """One fused op when the generator and criterion are hal_ext's own; None otherwise."""
+        from .. import _native
+        from ..keypoint_detection import JointsKLLoss, JointsMSELoss
+        from ..ops.joints_loss import keypoint_reduction_code
+        from ..ops.regression_disparity import regression_disparity
+
+        generator, criterion = self.pseudo_label_generator, self.criterion
+        if not _native.native_available() or not isinstance(y, torch.Tensor) or not isinstance(y_adv, torch.Tensor):
+            return None
+        if type(generator) is PseudoLabelGenerator2d:
+            kind = "truncated"
+        elif type(generator) is FastPseudoLabelGenerator2d:
+            kind = "fast"
+        else:
+            return None
+        if type(criterion) is JointsKLLoss:
+            crit, epsilon = "kl", criterion.epsilon
+        elif type(criterion) is JointsMSELoss:
+            crit, epsilon = "mse", 0.0
+        else:
+            return None
+        if weight is not None and (not isinstance(weight, torch.Tensor)
+                                   or (weight.requires_grad and torch.is_grad_enabled())):
+            return None  # the generic composition differentiates the weight
+        if kind == "truncated":
+            generator(y[:0].detach())  # the generator's own checks (K, H, W) on an empty batch
+        else:
+            check_heatmaps(y)
+        reduction = keypoint_reduction_code(criterion.reduction)
+        self.__dict__["_pending_y"] = (generator, y.detach())
+        return regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon)
+
     def forward(self, y, y_adv, weight=None, mode='min'):
         if mode not in ('min', 'max'):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        fused = self._fused_forward(y, y_adv, weight, mode)
+        if fused is not None:
+            return fused
+        self.__dict__.pop("_pending_y", None)
         ground_truth, ground_false = self.pseudo_label_generator(y.detach())
         self.ground_truth = ground_truth
         self.ground_false = ground_false

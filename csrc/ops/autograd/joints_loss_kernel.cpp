@@ -1,0 +1,76 @@
+// Autograd kernels of hal_ext::joints_mse_loss and hal_ext::joints_kl_loss: forward below autograd,
+// backward through the _backward ops. Only `output` receives a gradient (the Python front end routes a
+// target or target_weight that requires grad to the reference composition).
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "ops/joints_loss.h"
+
+namespace hal_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+class JointsMSELossFunction : public torch::autograd::Function<JointsMSELossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& output, const at::Tensor& target,
+                            const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({output, target, target_weight.value_or(at::Tensor())});
+    ctx->saved_data["reduction"] = reduction;
+    return joints_mse_loss(output, target, target_weight, reduction);
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor g = _joints_mse_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]),
+                                             ctx->saved_data["reduction"].toInt());
+    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class JointsKLLossFunction : public torch::autograd::Function<JointsKLLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& output, const at::Tensor& target,
+                            const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, stats] = _joints_kl_loss_forward(output, target, target_weight, reduction, epsilon);
+    ctx->save_for_backward({output, target, target_weight.value_or(at::Tensor()), stats});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["epsilon"] = epsilon;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor g = _joints_kl_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]), saved[3],
+                                            ctx->saved_data["reduction"].toInt(),
+                                            ctx->saved_data["epsilon"].toDouble());
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor joints_mse_loss_autograd(const at::Tensor& output, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+  return JointsMSELossFunction::apply(output, target, target_weight, reduction);
+}
+
+at::Tensor joints_kl_loss_autograd(const at::Tensor& output, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                                   double epsilon) {
+  return JointsKLLossFunction::apply(output, target, target_weight, reduction, epsilon);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, Autograd, m) {
+  m.impl("joints_mse_loss", &joints_mse_loss_autograd);
+  m.impl("joints_kl_loss", &joints_kl_loss_autograd);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,175 @@
+// CPU kernels of hal_ext::joints_mse_loss and hal_ext::joints_kl_loss (math in joints_loss_math.h).
+// One (b, k) row of H*W pixels per task, row losses combined in row order (deterministic).
+//   MSE: row = w * sum 0.5 (z - x)^2;  KL: row = w * sum [xlogy(t, t) - t log_softmax(z)], t = (x + eps) / S
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/cpu/joints_loss_rows.h"
+#include "ops/joints_loss_common.h"
+
+namespace hal_ext {
+namespace {
+
+using namespace joints_loss;
+using namespace joints_loss_cpu;
+
+// Weighted row losses -> the output tensor: (B, K) for 'none' (row / divisor), scalar mean otherwise.
+template <typename scalar_t, typename acc_t>
+void finish_rows(const std::vector<acc_t>& row, int64_t reduction, acc_t none_divisor, acc_t mean_divisor,
+                 at::Tensor& out) {
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  if (reduction == 0) {
+    for (size_t r = 0; r < row.size(); ++r) o[r] = static_cast<scalar_t>(row[r] / none_divisor);
+  } else {
+    acc_t total = 0;
+    for (const acc_t v : row) total += v;
+    *o = static_cast<scalar_t>(total / mean_divisor);
+  }
+}
+
+at::Tensor new_loss(const at::Tensor& output, const Rows& s, int64_t reduction) {
+  return reduction == 0 ? at::empty({s.B, s.K}, output.options()) : at::empty({}, output.options());
+}
+
+at::Tensor joints_mse_loss_cpu(const at::Tensor& output, const at::Tensor& target,
+                               const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+  const Rows s = check_inputs(output, target, target_weight, reduction);
+  const at::Tensor z = output.contiguous(), x = target.contiguous();
+  const at::Tensor w = weight_rows(target_weight, acc_dtype(output.scalar_type()));
+  at::Tensor out = new_loss(output, s, reduction);
+  const int64_t rows = s.rows(), n = s.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_mse_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    std::vector<acc_t> row(rows);
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const acc_t v = mse_row_sum<acc_t>(zp + r * n, xp + r * n, n);
+        row[r] = wp ? v * wp[r] : v;
+      }
+    });
+    finish_rows<scalar_t, acc_t>(row, reduction, static_cast<acc_t>(n), static_cast<acc_t>(rows) * n, out);
+  });
+  return out;
+}
+
+at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
+                                        const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+  const Rows s = check_inputs(output, target, target_weight, reduction);
+  check_grad(grad, output, reduction, s.B, s.K);
+  const auto acc = acc_dtype(output.scalar_type());
+  const at::Tensor z = output.contiguous(), x = target.contiguous();
+  const at::Tensor w = weight_rows(target_weight, acc);
+  const at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor result = at::empty_like(z);
+  const int64_t rows = s.rows(), n = s.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_mse_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    scalar_t* o = result.mutable_data_ptr<scalar_t>();
+    const acc_t divisor = reduction == 0 ? static_cast<acc_t>(n) : static_cast<acc_t>(rows) * n;
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        acc_t scale = reduction == 0 ? gp[r] : gp[0];
+        if (wp) scale *= wp[r];
+        mse_row_grad<acc_t>(zp + r * n, xp + r * n, n, scale / divisor, o + r * n);
+      }
+    });
+  });
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& output, const at::Tensor& target,
+                                                              const std::optional<at::Tensor>& target_weight,
+                                                              int64_t reduction, double epsilon) {
+  const Rows s = check_inputs(output, target, target_weight, reduction);
+  const auto acc = acc_dtype(output.scalar_type());
+  const at::Tensor z = output.contiguous(), x = target.contiguous();
+  const at::Tensor w = weight_rows(target_weight, acc);
+  at::Tensor out = new_loss(output, s, reduction);
+  at::Tensor stats = at::empty({s.B, s.K, 2}, output.options().dtype(acc));
+  const int64_t rows = s.rows(), n = s.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_kl_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    acc_t* st = stats.mutable_data_ptr<acc_t>();
+    const acc_t eps = static_cast<acc_t>(epsilon);
+    std::vector<acc_t> row(rows);
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps);
+        row[r] = wp ? k.loss * wp[r] : k.loss;
+        st[2 * r] = k.lse;
+        st[2 * r + 1] = k.S;
+      }
+    });
+    finish_rows<scalar_t, acc_t>(row, reduction, acc_t(1), static_cast<acc_t>(rows), out);
+  });
+  return {out, stats};
+}
+
+at::Tensor joints_kl_loss_cpu(const at::Tensor& output, const at::Tensor& target,
+                              const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon) {
+  return std::get<0>(joints_kl_loss_forward_cpu(output, target, target_weight, reduction, epsilon));
+}
+
+at::Tensor joints_kl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& target_weight, const at::Tensor& stats,
+                                       int64_t reduction, double epsilon) {
+  const Rows s = check_inputs(output, target, target_weight, reduction);
+  check_grad(grad, output, reduction, s.B, s.K);
+  const auto acc = acc_dtype(output.scalar_type());
+  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * s.rows() && stats.device() == output.device(),
+                    "stats must be the (B, K, 2) ", acc, " tensor that _joints_kl_loss_forward returned, got ",
+                    stats.scalar_type(), " ", stats.sizes());
+  const at::Tensor z = output.contiguous(), x = target.contiguous(), st = stats.contiguous();
+  const at::Tensor w = weight_rows(target_weight, acc);
+  const at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor result = at::empty_like(z);
+  const int64_t rows = s.rows(), n = s.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_kl_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    const acc_t* sp = st.const_data_ptr<acc_t>();
+    scalar_t* o = result.mutable_data_ptr<scalar_t>();
+    const acc_t eps = static_cast<acc_t>(epsilon);
+    const acc_t divisor = reduction == 0 ? acc_t(1) : static_cast<acc_t>(rows);
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        acc_t scale = reduction == 0 ? gp[r] : gp[0];
+        if (wp) scale *= wp[r];
+        kl_row_grad<acc_t>(zp + r * n, xp + r * n, n, eps, sp[2 * r], sp[2 * r + 1], scale / divisor, o + r * n);
+      }
+    });
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
+  m.impl("joints_mse_loss", &joints_mse_loss_cpu);
+  m.impl("_joints_mse_loss_backward", &joints_mse_loss_backward_cpu);
+  m.impl("joints_kl_loss", &joints_kl_loss_cpu);
+  m.impl("_joints_kl_loss_forward", &joints_kl_loss_forward_cpu);
+  m.impl("_joints_kl_loss_backward", &joints_kl_loss_backward_cpu);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,272 @@
+// CPU kernels of hal_ext::regression_disparity (math in pseudo_label_math.h and joints_loss_math.h).
+//
+//   (x, y)_{b,k} = first argmax of y[b, k] (truncated generator: (0, 0) unless the max is > 0)
+//   target[b, k] = 'min': G_k                      (G_j: keypoint j's Gaussian, tllib's truncated or Fast)
+//                  'max': clamp(sum_{j != k} G_j, 0, 1)   (exact double sum, one rounding: clamp_false)
+//   loss         = JointsMSELoss / JointsKLLoss(y_adv, target, weight) (joints_loss_math.h)
+//
+// Pass 1, one task per map: the peaks. Pass 2, one task per sample b: the K windows are summed into a
+// per-thread H*W scratch (mode 'max'), then each row's target is built in a second H*W scratch and
+// the row kernels of the keypoint losses run on it. The B*K*H*W maps are never written; the backward
+// rebuilds the targets from the saved peaks and writes only grad_y_adv.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/cpu/joints_loss_rows.h"
+#include "ops/joints_loss_common.h"
+#include "ops/pseudo_label_math.h"
+#include "ops/regression_disparity.h"
+
+namespace hal_ext {
+namespace {
+
+namespace plm = pseudo_label_math;
+using namespace joints_loss_cpu;
+
+struct Args {
+  int64_t B, K, H, W;
+  bool max_mode, fast, kl, mean;
+  double sigma;
+  int64_t rows() const { return B * K; }
+  int64_t n() const { return H * W; }
+};
+
+Args check_args(const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
+                int64_t generator, int64_t criterion, int64_t reduction) {
+  joints_loss::check_heatmap(y_adv, "y_adv");
+  TORCH_CHECK_VALUE(mode == 0 || mode == 1, "mode must be 0 ('min') or 1 ('max'), got ", mode);
+  TORCH_CHECK_VALUE(generator == 0 || generator == 1, "generator must be 0 (truncated) or 1 (fast), got ", generator);
+  TORCH_CHECK_VALUE(criterion == 0 || criterion == 1, "criterion must be 0 (MSE) or 1 (KL), got ", criterion);
+  TORCH_CHECK_VALUE(sigma > 0 && sigma < 1e300, "sigma must be a finite number > 0, got ", sigma);
+  joints_loss::check_reduction(reduction);
+  Args a{y_adv.size(0), y_adv.size(1), y_adv.size(2), y_adv.size(3), mode == 1, generator == 1, criterion == 1,
+         reduction == 1, sigma};
+  TORCH_CHECK_VALUE(a.H < (int64_t(1) << 31) && a.W < (int64_t(1) << 31),
+                    "y_adv's height and width must be below 2^31, got shape ", y_adv.sizes());
+  joints_loss::check_weight(weight, y_adv, "y_adv", a.B, a.K, "weight");
+  return a;
+}
+
+// First argmax of p[0, n) (NaN = max, lowest index among equals).
+template <typename scalar_t>
+plm::ArgMax<at::opmath_type<scalar_t>> first_argmax(const scalar_t* p, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  plm::ArgMax<acc_t> best = plm::argmax_init<acc_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(p[i]);
+    if ((v > best.value) | ((v != v) & (best.value == best.value)) | (best.index == INT64_MAX)) best = {v, i};
+  }
+  return best;
+}
+
+plm::Axis axis_of(const Args& a, int64_t pos, int64_t extent) {
+  return a.fast ? plm::fast_axis(pos, a.sigma, extent) : plm::truncated_axis(pos, a.sigma, extent);
+}
+
+template <bool kFast>
+void add_window(double* total, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den) {
+  if (ax.lo >= ax.hi) return;
+  const int32_t n = static_cast<int32_t>(ax.hi - ax.lo), dx0 = plm::offset32(ax.lo, ax.centre);
+  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
+    double* t = total + Y * W + ax.lo;
+    const int32_t dy = plm::offset32(Y, ay.centre);
+    HAL_SIMD
+    for (int32_t i = 0; i < n; ++i) t[i] += static_cast<double>(plm::gaussian_off<kFast>(dx0 + i, dy, den));
+  }
+}
+
+// The target row of keypoint k of one sample. `total` holds the sample's exact sum (mode 'max').
+template <bool kFast>
+void build_target(float* out, const double* total, bool max_mode, const plm::Axis& ax, const plm::Axis& ay,
+                  int64_t H, int64_t W, float den) {
+  const int64_t n = H * W;
+  if (max_mode) {
+    HAL_SIMD
+    for (int64_t p = 0; p < n; ++p) out[p] = plm::clamp_false(total[p]);
+  } else {
+    std::fill(out, out + n, 0.0f);
+  }
+  if (ax.lo >= ax.hi) return;
+  const int32_t len = static_cast<int32_t>(ax.hi - ax.lo), dx0 = plm::offset32(ax.lo, ax.centre);
+  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
+    float* o = out + Y * W + ax.lo;
+    const double* t = total + Y * W + ax.lo;
+    const int32_t dy = plm::offset32(Y, ay.centre);
+    if (max_mode) {
+      HAL_SIMD
+      for (int32_t i = 0; i < len; ++i) {
+        o[i] = plm::clamp_false(t[i] - static_cast<double>(plm::gaussian_off<kFast>(dx0 + i, dy, den)));
+      }
+    } else {
+      HAL_SIMD
+      for (int32_t i = 0; i < len; ++i) o[i] = plm::gaussian_off<kFast>(dx0 + i, dy, den);
+    }
+  }
+}
+
+// Runs body(b, k, target_row) for every row, one task per sample, targets built from the peaks.
+template <typename Body>
+void for_each_target_row(const Args& a, const int64_t* peaks, const Body& body) {
+  const float den = plm::gaussian_denominator(a.sigma);
+  const int64_t n = a.n();
+  at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> total(a.max_mode ? n : 0);
+    std::vector<float> target(n);
+    std::vector<plm::Axis> ax(a.K), ay(a.K);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t k = 0; k < a.K; ++k) {
+        ax[k] = axis_of(a, peaks[2 * (b * a.K + k)], a.W);
+        ay[k] = axis_of(a, peaks[2 * (b * a.K + k) + 1], a.H);
+      }
+      if (a.max_mode) {
+        std::fill(total.begin(), total.end(), 0.0);
+        for (int64_t k = 0; k < a.K; ++k) {
+          if (a.fast) add_window<true>(total.data(), ax[k], ay[k], a.W, den);
+          else add_window<false>(total.data(), ax[k], ay[k], a.W, den);
+        }
+      }
+      for (int64_t k = 0; k < a.K; ++k) {
+        if (a.fast) build_target<true>(target.data(), total.data(), a.max_mode, ax[k], ay[k], a.H, a.W, den);
+        else build_target<false>(target.data(), total.data(), a.max_mode, ax[k], ay[k], a.H, a.W, den);
+        body(b * a.K + k, target.data());
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
+    const at::Tensor& y, const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
+    int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
+  const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
+  joints_loss::check_heatmap(y, "y");
+  check_same_device(y_adv, "y_adv", y, "y");
+  check_same_shape(y_adv, "y_adv", y, "y");
+  const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
+  const at::Tensor yc = y.contiguous(), z = y_adv.contiguous();
+  const at::Tensor w = joints_loss::weight_rows(weight, acc);
+  const int64_t rows = a.rows(), n = a.n();
+  at::Tensor peaks = at::empty({a.B, a.K, 2}, y.options().dtype(at::kLong));
+  at::Tensor stats = at::empty({a.B, a.K, 2}, y.options().dtype(acc));
+  at::Tensor out = a.mean ? at::empty({}, y_adv.options().dtype(acc)) : at::empty({a.B, a.K}, y_adv.options().dtype(acc));
+  int64_t* pk = peaks.mutable_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks", [&] {
+    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto best = first_argmax(yp + r * n, n);
+        int64_t px = 0, py = 0;
+        if (n > 0) plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &px, &py);
+        pk[2 * r] = px;
+        pk[2 * r + 1] = py;
+      }
+    });
+  });
+  // Only the KL rows have statistics (and none without pixels): keep the output defined.
+  if (n == 0 || !a.kl) stats.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    acc_t* st = stats.mutable_data_ptr<acc_t>();
+    const acc_t eps = static_cast<acc_t>(epsilon);
+    std::vector<acc_t> row(rows);
+    auto body = [&](int64_t r, const float* target) {
+      acc_t v;
+      if (a.kl) {
+        const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zp + r * n, target, n, eps);
+        v = k.loss;
+        st[2 * r] = k.lse;
+        st[2 * r + 1] = k.S;
+      } else {
+        v = mse_row_sum<acc_t>(zp + r * n, target, n);
+      }
+      row[r] = wp ? v * wp[r] : v;
+    };
+    if (n > 0) {
+      for_each_target_row(a, pk, body);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) row[r] = a.kl ? acc_t(0) : (wp ? acc_t(0) * wp[r] : acc_t(0));
+    }
+    acc_t* o = out.mutable_data_ptr<acc_t>();
+    const acc_t none_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
+    if (!a.mean) {
+      for (int64_t r = 0; r < rows; ++r) o[r] = row[r] / none_div;
+    } else {
+      acc_t total = 0;
+      for (const acc_t v : row) total += v;
+      *o = total / (static_cast<acc_t>(rows) * none_div);
+    }
+  });
+  return {out, peaks, stats};
+}
+
+at::Tensor regression_disparity_cpu(const at::Tensor& y, const at::Tensor& y_adv,
+                                    const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
+                                    int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
+  return std::get<0>(
+      regression_disparity_forward_cpu(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon));
+}
+
+at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::Tensor& y_adv,
+                                             const std::optional<at::Tensor>& weight, const at::Tensor& peaks,
+                                             const at::Tensor& stats, int64_t mode, double sigma, int64_t generator,
+                                             int64_t criterion, int64_t reduction, double epsilon) {
+  const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
+  joints_loss::check_grad(grad, y_adv, reduction, a.B, a.K);
+  const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
+  TORCH_CHECK_VALUE(peaks.scalar_type() == at::kLong && peaks.numel() == 2 * a.rows(),
+                    "peaks must be the (B, K, 2) int64 tensor of _regression_disparity_forward, got ",
+                    peaks.scalar_type(), " ", peaks.sizes());
+  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * a.rows(),
+                    "stats must be the (B, K, 2) ", acc, " tensor of _regression_disparity_forward, got ",
+                    stats.scalar_type(), " ", stats.sizes());
+  const at::Tensor z = y_adv.contiguous(), pk = peaks.contiguous(), st = stats.contiguous();
+  const at::Tensor w = joints_loss::weight_rows(weight, acc);
+  const at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor result = at::empty_like(z);
+  const int64_t rows = a.rows(), n = a.n();
+  if (result.numel() == 0) return result;
+  // The peaks address the scratch maps: reject any that do not lie inside them.
+  const int64_t* pp = pk.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(pp[2 * r] >= 0 && pp[2 * r] < a.W && pp[2 * r + 1] >= 0 && pp[2 * r + 1] < a.H,
+                      "peaks must lie inside the ", a.H, " x ", a.W, " heatmaps");
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    const acc_t* sp = st.const_data_ptr<acc_t>();
+    scalar_t* o = result.mutable_data_ptr<scalar_t>();
+    const acc_t eps = static_cast<acc_t>(epsilon);
+    const acc_t row_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
+    const acc_t divisor = a.mean ? static_cast<acc_t>(rows) * row_div : row_div;
+    for_each_target_row(a, pp, [&](int64_t r, const float* target) {
+      acc_t scale = a.mean ? gp[0] : gp[r];
+      if (wp) scale *= wp[r];
+      scale /= divisor;
+      if (a.kl) kl_row_grad<acc_t>(zp + r * n, target, n, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
+      else mse_row_grad<acc_t>(zp + r * n, target, n, scale, o + r * n);
+    });
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
+  m.impl("regression_disparity", &regression_disparity_cpu);
+  m.impl("_regression_disparity_forward", &regression_disparity_forward_cpu);
+  m.impl("_regression_disparity_backward", &regression_disparity_backward_cpu);
+}
+
+}  // namespace hal_ext

@@ -1,0 +1,62 @@
+#pragma once
+// Keypoint heatmap losses (tllib's JointsMSELoss / JointsKLLoss), shared by the CPU and CUDA kernels.
+// Every (b, k) heatmap is one row of n = H*W pixels; z = output, x = target, w = weight[b, k].
+//
+// MSE:  row(b, k) = w * sum_p 0.5 (z_p - x_p)^2          ('none' divides by n, 'mean' by B*K*n)
+//       d/dz_p    = s * (z_p - x_p),  s = g_row * w / n  or  g * w / (B*K*n)
+//
+// KL:   x'_p = x_p + eps,  S = sum_p x'_p,  t_p = x'_p / S,  T = sum_p t_p = S / S,
+//       lse = M + log sum_p exp(z_p - M)  (M = max_p z_p),  q_p = z_p - lse  (log_softmax),
+//       row(b, k) = w * sum_p [xlogy(t_p, t_p) - t_p q_p]
+//                 = w * (sum_p [xlogy(t_p, t_p) - t_p z_p] + T * lse)   (torch's kl_div terms)
+//       d/dz_p    = s * (T exp(z_p - lse) - t_p),  s = g_row * w  ('none') or g * w / (B*K) ('mean')
+//       The target receives no gradient from the fused op (the Python front end routes a target or
+//       weight that requires grad to the reference composition). A row with n = 0 has loss 0.
+#include "common/fast_math.h"
+#include "common/macros.h"
+
+namespace hal_ext {
+namespace joints_loss_math {
+
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t mse_term(acc_t z, acc_t x) {
+  const acc_t d = z - x;
+  return acc_t(0.5) * d * d;
+}
+
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t mse_grad(acc_t z, acc_t x, acc_t scale) {
+  return scale * (z - x);
+}
+
+// xlogy(t, t): 0 where t == 0 (NaN stays NaN, negative t gives NaN as log does).
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t xlogx(acc_t t) {
+  const acc_t safe = t == acc_t(0) ? acc_t(1) : t;
+  return t == acc_t(0) ? acc_t(0) : t * hal_log(safe);
+}
+
+// The pixel part of the KL row loss; the row adds T * lse.
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t kl_term(acc_t t, acc_t z) {
+  return xlogx(t) - t * z;
+}
+
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t kl_grad(acc_t z, acc_t t, acc_t lse, acc_t T, acc_t scale) {
+  return scale * (T * hal_exp(z - lse) - t);
+}
+
+// Row statistics the KL backward needs, saved by the forward (stats[r] = {lse, S}).
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t kl_row_loss(acc_t pixel_sum, acc_t T, acc_t lse, int64_t n) {
+  return n == 0 ? acc_t(0) : pixel_sum + T * lse;
+}
+
+template <typename acc_t>
+HAL_HOST_DEVICE acc_t max_nan_ignoring(acc_t a, acc_t b) {
+  return b > a ? b : a;
+}
+
+}  // namespace joints_loss_math
+}  // namespace hal_ext

@@ -1,0 +1,42 @@
+"""Keypoint losses, as tllib.vision.models.keypoint_detection.loss computes them (SPEC "Keypoint
+losses"), in the dtype of the inputs.
+
+One deliberate difference (SPEC wins over tllib's code): ``JointsKLLoss`` with ``reduction='none'``
+returns the per-keypoint losses ``(B, K)`` that tllib documents; tllib's code averages them once more
+over K and returns ``(B,)``.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _rows(t):
+    # (B, K, H*W); flatten(2) also works for an empty batch, where tllib's reshape(B, K, -1) fails.
+    return t.flatten(2)
+
+
+def joints_mse_loss(output, target, target_weight=None, reduction="mean"):
+    B, K = output.shape[0], output.shape[1]
+    loss = 0.5 * (_rows(output) - _rows(target)) ** 2
+    if target_weight is not None:
+        loss = loss * target_weight.reshape(B, K, 1)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "none":
+        return loss.mean(dim=-1)
+    raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+
+
+def joints_kl_loss(output, target, target_weight=None, reduction="mean", epsilon=0.0):
+    B, K = output.shape[0], output.shape[1]
+    log_q = F.log_softmax(_rows(output), dim=-1)
+    t = _rows(target) + epsilon
+    t = t / t.sum(dim=-1, keepdim=True)
+    # KLDivLoss(reduction='none'): xlogy(t, t) - t * log_q, so 0 log 0 = 0.
+    loss = (torch.xlogy(t, t) - t * log_q).sum(dim=-1)
+    if target_weight is not None:
+        loss = loss * target_weight.reshape(B, K)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
