@@ -10,7 +10,7 @@ export HAL_EXT_CUDA
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup build test bench bench-full clean
+.PHONY: setup build test bench bench-full gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -35,6 +35,10 @@ bench: build
 
 bench-full:
 	$(MAKE) bench BENCH_ARGS=--full
+
+# On a GPU machine with torch preinstalled (no .venv): build for sm_90, CUDA tests, benchmarks, under $$OUT.
+gpu-check:
+	scripts/gpu_check.sh
 
 clean:
 	rm -rf build hal_ext/_C*.so hal_ext/_build_config.py *.egg-info
