@@ -63,7 +63,7 @@ def test_regda_example():
 
 def test_image_classifier_step_example():
     from hal_ext.alignment.mdd import ImageClassifier
-    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16))
+    backbone = torch.nn.Conv2d(3, 16, kernel_size=1)  # a feature-map backbone, pooled by the default pool_layer
     backbone.out_features = 16
     classifier = ImageClassifier(backbone, num_classes=3, bottleneck_dim=8, width=8)
     x = torch.randn(4, 3, 2, 2)
