@@ -17,12 +17,15 @@
 #include "ops/joints_loss_common.h"
 #include "ops/pseudo_label_math.h"
 #include "ops/regression_disparity.h"
+#include "ops/regression_disparity_args.h"
 
 namespace hal_ext {
 namespace {
 
 namespace plm = pseudo_label_math;
 using namespace joints_loss_cuda;
+using regression_disparity_args::Args;
+using regression_disparity_args::check_args;
 
 template <typename scalar_t>
 __global__ void peaks_kernel(const scalar_t* y, int64_t n, int64_t W, bool max_rule, int64_t* peaks) {
@@ -89,26 +92,11 @@ struct DisparityTarget {
   }
 };
 
-struct Args {
-  int64_t B, K, H, W;
-  bool max_mode, fast, kl, mean;
-  double sigma;
-};
-
-Args check_args(const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
-                int64_t generator, int64_t criterion, int64_t reduction) {
-  joints_loss::check_heatmap(y_adv, "y_adv");
-  TORCH_CHECK_VALUE(mode == 0 || mode == 1, "mode must be 0 ('min') or 1 ('max'), got ", mode);
-  TORCH_CHECK_VALUE(generator == 0 || generator == 1, "generator must be 0 (truncated) or 1 (fast), got ", generator);
-  TORCH_CHECK_VALUE(criterion == 0 || criterion == 1, "criterion must be 0 (MSE) or 1 (KL), got ", criterion);
-  TORCH_CHECK_VALUE(sigma > 0 && sigma < 1e300, "sigma must be a finite number > 0, got ", sigma);
-  joints_loss::check_reduction(reduction);
-  Args a{y_adv.size(0), y_adv.size(1), y_adv.size(2), y_adv.size(3), mode == 1, generator == 1, criterion == 1,
-         reduction == 1, sigma};
-  TORCH_CHECK_VALUE(a.H < (int64_t(1) << 31) && a.W < (int64_t(1) << 31),
-                    "y_adv's height and width must be below 2^31, got shape ", y_adv.sizes());
+// The fused disparity's CUDA kernels keep the K keypoint windows in shared memory.
+Args check_cuda_args(const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
+                     int64_t generator, int64_t criterion, int64_t reduction) {
+  const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   TORCH_CHECK_VALUE(a.K <= 512, "the fused regression disparity supports up to 512 keypoints on the GPU, got ", a.K);
-  joints_loss::check_weight(weight, y_adv, "y_adv", a.B, a.K, "weight");
   return a;
 }
 
@@ -120,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& y,
                                                             const std::optional<at::Tensor>& weight, int64_t mode,
                                                             double sigma, int64_t generator, int64_t criterion,
                                                             int64_t reduction, double epsilon) {
-  const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
+  const Args a = check_cuda_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   joints_loss::check_heatmap(y, "y");
   check_same_device(y_adv, "y_adv", y, "y");
   check_same_shape(y_adv, "y_adv", y, "y");
@@ -179,7 +167,7 @@ at::Tensor disparity_cuda(const at::Tensor& y, const at::Tensor& y_adv, const st
 at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& y_adv, const std::optional<at::Tensor>& weight,
                          const at::Tensor& peaks, const at::Tensor& stats, int64_t mode, double sigma,
                          int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
-  const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
+  const Args a = check_cuda_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   joints_loss::check_grad(grad, y_adv, reduction, a.B, a.K);
   const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
   const int64_t rows = a.B * a.K, n = a.H * a.W;
