@@ -109,6 +109,14 @@ at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef sha
   return w->to(like.scalar_type()).expand(shape).contiguous();
 }
 
+RegressionInputs prepare_regression(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                                    const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                                    const std::optional<at::Tensor>& w_t) {
+  return {y_s.contiguous(),     y_s_adv.contiguous(),
+          y_t.contiguous(),     y_t_adv.contiguous(),
+          expand_weight(w_s, y_s.sizes(), y_s_adv), expand_weight(w_t, y_s.sizes(), y_s_adv)};
+}
+
 void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape) {
   if (to_reduction(reduction) == Reduction::None) {
     TORCH_CHECK_VALUE(grad.sizes() == sample_shape, "grad must have the per-sample loss shape ", sample_shape,

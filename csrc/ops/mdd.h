@@ -50,5 +50,15 @@ at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef sha
 
 void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape);
 
+// The regression op's inputs made contiguous and its weights expanded to the per-element shape:
+// what both the CPU and the CUDA kernels read.
+struct RegressionInputs {
+  at::Tensor y_s, y_s_adv, y_t, y_t_adv, w_s, w_t;
+};
+
+RegressionInputs prepare_regression(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
+                                    const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
+                                    const std::optional<at::Tensor>& w_t);
+
 }  // namespace mdd_detail
 }  // namespace hal_ext

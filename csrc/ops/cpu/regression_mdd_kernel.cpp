@@ -18,27 +18,13 @@ namespace {
 
 namespace math = mdd_math;
 
-struct Inputs {
-  at::Tensor y_s, y_s_adv, y_t, y_t_adv, w_s, w_t;
-};
-
-Inputs prepare(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-               const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t) {
-  return {y_s.contiguous(),
-          y_s_adv.contiguous(),
-          y_t.contiguous(),
-          y_t_adv.contiguous(),
-          mdd_detail::expand_weight(w_s, y_s.sizes(), y_s_adv),
-          mdd_detail::expand_weight(w_t, y_s.sizes(), y_s_adv)};
-}
-
 at::Tensor regression_mdd_cpu(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                               const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                               const std::optional<at::Tensor>& w_t, double margin_d, int64_t loss_kind,
                               int64_t reduction) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   const Reduction red = to_reduction(reduction);
-  const Inputs in = prepare(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
+  const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const int kind = static_cast<int>(loss_kind);
   at::Tensor out = red == Reduction::None ? at::empty(y_s.sizes(), y_s_adv.options()) : at::empty({}, y_s_adv.options());
@@ -85,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> regression_mdd_backward_cpu(
   mdd_detail::check_reduced_grad(grad, reduction, y_s.sizes());
   check_same_device(y_s, "y_s", grad, "grad");
   const Reduction red = to_reduction(reduction);
-  const Inputs in = prepare(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
+  const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const int kind = static_cast<int>(loss_kind);
   at::Tensor gs = at::empty(y_s_adv.sizes(), y_s_adv.options()), gt = at::empty(y_t_adv.sizes(), y_t_adv.options());

@@ -304,19 +304,8 @@ __global__ void regression_backward_kernel(RegTerm<scalar_t, acc_t> t, const acc
   }
 }
 
-struct RegInputs {
-  at::Tensor y_s, y_s_adv, y_t, y_t_adv, w_s, w_t;
-};
-
-RegInputs reg_prepare(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
-                      const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
-                      const std::optional<at::Tensor>& w_t) {
-  return {y_s.contiguous(), y_s_adv.contiguous(), y_t.contiguous(), y_t_adv.contiguous(),
-          mdd_detail::expand_weight(w_s, y_s.sizes(), y_s_adv), mdd_detail::expand_weight(w_t, y_s.sizes(), y_s_adv)};
-}
-
 template <typename scalar_t, typename acc_t>
-RegTerm<scalar_t, acc_t> make_term(const RegInputs& in, double margin, int64_t kind) {
+RegTerm<scalar_t, acc_t> make_term(const mdd_detail::RegressionInputs& in, double margin, int64_t kind) {
   return {in.y_s.const_data_ptr<scalar_t>(), in.y_s_adv.const_data_ptr<scalar_t>(), in.y_t.const_data_ptr<scalar_t>(),
           in.y_t_adv.const_data_ptr<scalar_t>(), in.w_s.defined() ? in.w_s.const_data_ptr<scalar_t>() : nullptr,
           in.w_t.defined() ? in.w_t.const_data_ptr<scalar_t>() : nullptr, static_cast<acc_t>(margin),
@@ -329,7 +318,7 @@ at::Tensor regression_mdd_cuda(const at::Tensor& y_s, const at::Tensor& y_s_adv,
                                int64_t reduction) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   c10::cuda::CUDAGuard guard(y_s.device());
-  const RegInputs in = reg_prepare(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
+  const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const bool none = reduction == 0;
   at::Tensor out = none ? at::empty(y_s.sizes(), y_s_adv.options()) : at::empty({}, y_s_adv.options());
@@ -359,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor> regression_mdd_backward_cuda(
   mdd_detail::check_reduced_grad(grad, reduction, y_s.sizes());
   check_same_device(y_s, "y_s", grad, "grad");
   c10::cuda::CUDAGuard guard(y_s.device());
-  const RegInputs in = reg_prepare(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
+  const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   at::Tensor gs = at::empty(y_s_adv.sizes(), y_s_adv.options()), gt = at::empty(y_t_adv.sizes(), y_t_adv.options());
   if (n == 0) return {gs, gt};
