@@ -88,6 +88,16 @@ def write_build_config(with_cuda, arch_list):
         f.write(text)
 
 
+def openmp_flags():
+    """-fopenmp when torch parallelises with OpenMP: at::parallel_for is then an inline `omp parallel`
+    region compiled into our library, which without the flag runs every CPU kernel on one thread
+    (csrc/common/cpu_parallel.h refuses to compile that). Linking with -fopenmp records libgomp.so.1,
+    which resolves to the copy torch has already loaded. Otherwise only `omp simd` loops are used."""
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        return ["-fopenmp"]
+    return ["-fopenmp-simd"]
+
+
 def make_extension():
     with_cuda, why = cuda_wanted()
     cpp_sources = sorted(
@@ -98,7 +108,7 @@ def make_extension():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
     # -fno-trapping-math: without it GCC will not if-convert the selects inside hal_exp/hal_log, so
     # loops that call them stay scalar (about 10x slower); IEEE results are unchanged.
-    cxx_flags = ["-O3", "-g0", "-std=c++20", "-fopenmp-simd", "-fno-trapping-math"] + cpu_arch_flags()
+    cxx_flags = ["-O3", "-g0", "-std=c++20", "-fno-trapping-math"] + openmp_flags() + cpu_arch_flags()
     arch_list = None
     if with_cuda:
         arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
@@ -126,6 +136,7 @@ def make_extension():
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args=extra,
+        extra_link_args=[f for f in openmp_flags() if f == "-fopenmp"],
     )
 
 

@@ -2,7 +2,7 @@
 // Deterministic parallel sums on the CPU. The range is cut into blocks of a fixed size, each block
 // is summed by one task, and the block sums are added in block order: the result does not depend
 // on the number of threads or on scheduling, so it is bitwise reproducible.
-#include <ATen/Parallel.h>
+#include "common/cpu_parallel.h"
 
 #include <algorithm>
 #include <cstdint>

@@ -7,7 +7,6 @@
 // tiles of consecutive positions d, vectorised over d (class stride D = prod(d), no permute copy).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>

@@ -11,7 +11,7 @@
 // rebuilds the targets from the saved peaks and writes only grad_y_adv.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "common/cpu_parallel.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>

@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
-#include <ATen/Parallel.h>
+#include "common/cpu_parallel.h"
 #include "common/macros.h"
 #include "ops/shift_log.h"
 #include "ops/shift_log_math.h"
