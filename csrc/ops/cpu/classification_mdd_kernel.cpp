@@ -86,6 +86,89 @@ inline RowSums<acc_t> row_sums(const scalar_t* z, int32_t c, int32_t h) {
   return {m, others, hal_exp(z_h - m), z_h};
 }
 
+// K-dim logits: the argmax of y and the sums of y_adv for a tile of `len` consecutive positions d
+// (class stride D), vectorised over d. Writes per position: best value and argmax h, max m, the sum
+// of exp(z - m) over the other classes, exp(z_h - m) and z_h.
+template <typename scalar_t, typename acc_t>
+void tile_sums(const scalar_t* y, const scalar_t* z, int64_t D, int32_t c32, int64_t len, acc_t* bs, int32_t* hs,
+               acc_t* ms, acc_t* os, acc_t* es, acc_t* zhs) {
+  HAL_SIMD
+  for (int64_t l = 0; l < len; ++l) {
+    bs[l] = static_cast<acc_t>(y[l]);
+    hs[l] = 0;
+    ms[l] = -std::numeric_limits<acc_t>::infinity();
+    os[l] = 0;
+    es[l] = 0;
+    zhs[l] = 0;
+  }
+  for (int32_t c = 1; c < c32; ++c) {
+    const scalar_t* row = y + c * D;
+    HAL_SIMD
+    for (int64_t l = 0; l < len; ++l) {
+      const acc_t v = static_cast<acc_t>(row[l]);
+      const bool takes = math::argmax_takes(bs[l], v);
+      bs[l] = takes ? v : bs[l];
+      hs[l] = takes ? c : hs[l];
+    }
+  }
+  for (int32_t c = 0; c < c32; ++c) {
+    const scalar_t* row = z + c * D;
+    HAL_SIMD
+    for (int64_t l = 0; l < len; ++l) {
+      const acc_t v = static_cast<acc_t>(row[l]);
+      ms[l] = v > ms[l] ? v : ms[l];
+    }
+  }
+  for (int32_t c = 0; c < c32; ++c) {
+    const scalar_t* row = z + c * D;
+    HAL_SIMD
+    for (int64_t l = 0; l < len; ++l) {
+      const acc_t v = static_cast<acc_t>(row[l]);
+      const acc_t e = hal_exp(v - ms[l]);
+      const bool is_h = hs[l] == c;
+      os[l] += is_h ? acc_t(0) : e;
+      es[l] = is_h ? e : es[l];
+      zhs[l] = is_h ? v : zhs[l];
+    }
+  }
+}
+
+// Backward of one (N, C) row: o_j = a * exp(z_j - m) (the h entry is overwritten by the caller).
+template <typename scalar_t, typename acc_t>
+void row_grads(const scalar_t* z, scalar_t* o, int32_t c, acc_t m, acc_t a) {
+  HAL_SIMD
+  for (int32_t j = 0; j < c; ++j) o[j] = static_cast<scalar_t>(a * hal_exp(static_cast<acc_t>(z[j]) - m));
+}
+
+// Per-position statistics of one side of the K-dim backward (pointers at the sample's first position).
+template <typename acc_t>
+struct LineStats {
+  const acc_t* m;
+  const acc_t* inv;
+  const acc_t* coef;
+  const acc_t* q;
+  const int64_t* h;
+};
+
+// Backward of one K-dim line (sample n, class c) of D positions; g: per-position incoming gradients
+// (reduction 'none') or null, then g_scalar everywhere.
+template <typename scalar_t, typename acc_t>
+void line_grads(const scalar_t* z, scalar_t* o, LineStats<acc_t> st, int64_t c, const acc_t* g, acc_t g_scalar,
+                int64_t D) {
+  auto body = [&](int64_t d, acc_t g_d) {
+    const acc_t gcoef = g_d * st.coef[d];
+    const acc_t e = hal_exp(static_cast<acc_t>(z[d]) - st.m[d]);
+    o[d] = static_cast<scalar_t>(math::logit_grad(st.h[d] == c, gcoef * st.inv[d], e, gcoef * st.q[d]));
+  };
+  if (g) {  // two loops: a null test inside the loop keeps GCC from vectorising it
+    HAL_SIMD
+    for (int64_t d = 0; d < D; ++d) body(d, g[d]);
+  } else {
+    HAL_SIMD
+    for (int64_t d = 0; d < D; ++d) body(d, g_scalar);
+  }
+}
+
 // Everything a finished sample row writes.
 template <typename acc_t>
 struct RowResult {
@@ -181,53 +264,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
           const int64_t len = std::min(kTile, D - d0);
           const int64_t base = n * C * D + d0;
           for (int side = 0; side < 2; ++side) {
-            const scalar_t* y = (side == 0 ? ys : yt) + base;
-            const scalar_t* z = (side == 0 ? zs : zt) + base;
-            acc_t* bs = best[side];
-            int32_t* hs = h[side];
-            acc_t* ms = m[side];
-            acc_t* os = others[side];
-            acc_t* es = e_h[side];
-            acc_t* zhs = z_h[side];
-            HAL_SIMD
-            for (int64_t l = 0; l < len; ++l) {
-              bs[l] = static_cast<acc_t>(y[l]);
-              hs[l] = 0;
-              ms[l] = -std::numeric_limits<acc_t>::infinity();
-              os[l] = 0;
-              es[l] = 0;
-              zhs[l] = 0;
-            }
-            for (int32_t c = 1; c < c32; ++c) {
-              const scalar_t* row = y + c * D;
-              HAL_SIMD
-              for (int64_t l = 0; l < len; ++l) {
-                const acc_t v = static_cast<acc_t>(row[l]);
-                const bool takes = math::argmax_takes(bs[l], v);
-                bs[l] = takes ? v : bs[l];
-                hs[l] = takes ? c : hs[l];
-              }
-            }
-            for (int32_t c = 0; c < c32; ++c) {
-              const scalar_t* row = z + c * D;
-              HAL_SIMD
-              for (int64_t l = 0; l < len; ++l) {
-                const acc_t v = static_cast<acc_t>(row[l]);
-                ms[l] = v > ms[l] ? v : ms[l];
-              }
-            }
-            for (int32_t c = 0; c < c32; ++c) {
-              const scalar_t* row = z + c * D;
-              HAL_SIMD
-              for (int64_t l = 0; l < len; ++l) {
-                const acc_t v = static_cast<acc_t>(row[l]);
-                const acc_t e = hal_exp(v - ms[l]);
-                const bool is_h = hs[l] == c;
-                os[l] += is_h ? acc_t(0) : e;
-                es[l] = is_h ? e : es[l];
-                zhs[l] = is_h ? v : zhs[l];
-              }
-            }
+            tile_sums<scalar_t, acc_t>((side == 0 ? ys : yt) + base, (side == 0 ? zs : zt) + base, D, c32, len,
+                                       best[side], h[side], m[side], others[side], e_h[side], z_h[side]);
           }
           for (int64_t l = 0; l < len; ++l) {
             const int64_t r = n * D + d0 + l;
@@ -325,10 +363,7 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
             const acc_t m = st[(k + 0) * M + r];
             const acc_t gc = gr * st[(k + 2) * M + r];
             const acc_t a = gc * st[(k + 1) * M + r];
-            HAL_SIMD
-            for (int32_t j = 0; j < c32; ++j) {
-              o[j] = static_cast<scalar_t>(a * hal_exp(static_cast<acc_t>(z[j]) - m));
-            }
+            row_grads<scalar_t, acc_t>(z, o, c32, m, a);
             o[am[side * M + r]] = static_cast<scalar_t>(-(gc * st[(k + 3) * M + r]));
           }
         }
@@ -344,24 +379,10 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
             const int k = side == 0 ? 0 : 4;
             const scalar_t* z = (side == 0 ? zs : zt) + line * D;
             scalar_t* o = (side == 0 ? os : ot) + line * D;
-            const acc_t* m = st + (k + 0) * M + n * D;
-            const acc_t* inv = st + (k + 1) * M + n * D;
-            const acc_t* coef = st + (k + 2) * M + n * D;
-            const acc_t* q = st + (k + 3) * M + n * D;
-            const int64_t* h = am + side * M + n * D;
-            const acc_t* gr = red == Reduction::None ? g + n * D : nullptr;
-            auto body = [&](int64_t d, acc_t g_d) {
-              const acc_t gcoef = g_d * coef[d];
-              const acc_t e = hal_exp(static_cast<acc_t>(z[d]) - m[d]);
-              o[d] = static_cast<scalar_t>(math::logit_grad(h[d] == c, gcoef * inv[d], e, gcoef * q[d]));
-            };
-            if (gr) {
-              HAL_SIMD
-              for (int64_t d = 0; d < D; ++d) body(d, gr[d]);
-            } else {
-              HAL_SIMD
-              for (int64_t d = 0; d < D; ++d) body(d, g_scalar);
-            }
+            const int64_t first = n * D;
+            const LineStats<acc_t> ls{st + (k + 0) * M + first, st + (k + 1) * M + first, st + (k + 2) * M + first,
+                                      st + (k + 3) * M + first, am + side * M + first};
+            line_grads<scalar_t, acc_t>(z, o, ls, c, red == Reduction::None ? g + first : nullptr, g_scalar, D);
           }
         }
       });

@@ -16,6 +16,28 @@ namespace {
 
 namespace math = classifier_discrepancy_math;
 
+// The loops live in plain functions (pointers as arguments): inside the lambdas that
+// at::parallel_for runs in an OpenMP region, GCC reads the captured pointers through the closure
+// and leaves the loops scalar.
+template <typename scalar_t, typename acc_t>
+acc_t abs_diff_sum(const scalar_t* a, const scalar_t* b, int64_t begin, int64_t end) {
+  acc_t s = 0;
+  HAL_SIMD_SUM(s)
+  for (int64_t i = begin; i < end; ++i) s += math::term<acc_t>(a[i], b[i]);
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+void sign_grads(const scalar_t* a, const scalar_t* b, scalar_t* o1, scalar_t* o2, int64_t begin, int64_t end,
+                acc_t g_over_n) {
+  HAL_SIMD
+  for (int64_t i = begin; i < end; ++i) {
+    const acc_t d = math::grad<acc_t>(a[i], b[i], g_over_n);
+    o1[i] = static_cast<scalar_t>(d);
+    o2[i] = static_cast<scalar_t>(-d);
+  }
+}
+
 at::Tensor classifier_discrepancy_cpu(const at::Tensor& predictions1, const at::Tensor& predictions2) {
   check_float_tensor(predictions1, "predictions1");
   check_paired(predictions1, "predictions1", predictions2, "predictions2");
@@ -26,12 +48,8 @@ at::Tensor classifier_discrepancy_cpu(const at::Tensor& predictions1, const at::
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* a = p1.const_data_ptr<scalar_t>();
     const scalar_t* b = p2.const_data_ptr<scalar_t>();
-    const acc_t total = ordered_parallel_sum<acc_t>(n, [&](int64_t begin, int64_t end) {
-      acc_t s = 0;
-      HAL_SIMD_SUM(s)
-      for (int64_t i = begin; i < end; ++i) s += math::term<acc_t>(a[i], b[i]);
-      return s;
-    });
+    const acc_t total = ordered_parallel_sum<acc_t>(
+        n, [&](int64_t begin, int64_t end) { return abs_diff_sum<scalar_t, acc_t>(a, b, begin, end); });
     *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total / static_cast<acc_t>(n));
   });
   return out;
@@ -54,12 +72,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_discrepancy_backward_cpu(const at:
     scalar_t* o1 = g1.mutable_data_ptr<scalar_t>();
     scalar_t* o2 = g2.mutable_data_ptr<scalar_t>();
     parallel_chunks(n, [&](int64_t begin, int64_t end) {
-      HAL_SIMD
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t d = math::grad<acc_t>(a[i], b[i], g_over_n);
-        o1[i] = static_cast<scalar_t>(d);
-        o2[i] = static_cast<scalar_t>(-d);
-      }
+      sign_grads<scalar_t, acc_t>(a, b, o1, o2, begin, end, g_over_n);
     });
   });
   return {g1, g2};
