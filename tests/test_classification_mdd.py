@@ -269,6 +269,63 @@ def test_opcheck(device):
                               (grad, ts[1].detach(), ts[3].detach(), stats, argmax, red))
 
 
+@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_with_grad_op_equals_backward_of_ones(device, dtype):
+    """hal_ext::_classification_mdd_with_grad (the CPU autograd path's forward) returns the forward's outputs
+    and the backward's gradients for a unit incoming gradient: fused for (N, C) float/double on the CPU,
+    composed elsewhere (K-dim, half types, CUDA)."""
+    for name, ts, kw in sample_inputs(device, dtype):
+        red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
+        args = (*ts, kw.get("w_s"), kw.get("w_t"), float(kw.get("margin", 4.0)), red)
+        loss, stats, argmax, g_s, g_t = torch.ops.hal_ext._classification_mdd_with_grad(*args)
+        want = torch.ops.hal_ext.classification_mdd(*args)
+        assert torch.equal(loss.nan_to_num(7.0), want[0].nan_to_num(7.0)), name
+        assert torch.equal(argmax, want[2]), name
+        want_s, want_t = torch.ops.hal_ext._classification_mdd_backward(torch.ones_like(loss), ts[1], ts[3], want[1],
+                                                                        want[2], red)
+        assert_close(g_s, want_s, dtype, f"{name} grad y_s_adv")
+        assert_close(g_t, want_t, dtype, f"{name} grad y_t_adv")
+
+
+@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_with_grad(device):
+    for name, ts, kw in sample_inputs(device, torch.float32):
+        if ts[0].shape[0] == 0 or ts[0].numel() > 4_000 or torch.isnan(ts[0]).any():
+            continue  # opcheck compares outputs with NaN != NaN
+        red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
+        torch.library.opcheck(torch.ops.hal_ext._classification_mdd_with_grad.default,
+                              (*ts, kw.get("w_s"), kw.get("w_t"), float(kw.get("margin", 4.0)), red))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradient_scaled_by_incoming_and_graph_reusable(device, reduction):
+    """The CPU path keeps unit gradients from the forward and scales them in the backward (in place when the
+    graph is freed): a retained graph must give the same gradients on every backward, scaled by any incoming
+    gradient, and a fresh forward must not see a previous backward's scaling."""
+    g = torch.Generator().manual_seed(11)
+    ts = [torch.randn(16, 9, generator=g).to(device) for _ in range(4)]
+    zs, zt = ts[1].clone().requires_grad_(), ts[3].clone().requires_grad_()
+    ref = [t.double().requires_grad_() for t in (zs.detach(), zt.detach())]
+    out = classification_mdd(ts[0], zs, ts[2], zt, reduction=reduction)
+    want_out = reference.classification_mdd(ts[0].double(), ref[0], ts[2].double(), ref[1], reduction=reduction)
+    incoming = torch.randn(out.shape, generator=g).to(device) * 3.0
+    want = torch.autograd.grad(want_out, ref, incoming.double())
+    first = torch.autograd.grad(out, [zs, zt], incoming, retain_graph=True)
+    second = torch.autograd.grad(out, [zs, zt], incoming, retain_graph=True)
+    last = torch.autograd.grad(out, [zs, zt], 2 * incoming)
+    for a, b, c, w in zip(first, second, last, want):
+        assert torch.equal(a, b)
+        assert_close(a, w, torch.float32, "grad")
+        assert_close(c, 2 * w, torch.float32, "grad for a doubled incoming gradient")
+    again = torch.autograd.grad(classification_mdd(ts[0], zs, ts[2], zt, reduction=reduction), [zs, zt], incoming)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     loss = ClassificationMarginDisparityDiscrepancy(margin=4.0)

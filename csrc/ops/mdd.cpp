@@ -4,6 +4,7 @@
 
 #include <ATen/ExpandUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/ones_like.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -19,6 +20,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hal_ext::classification_mdd", "")
                        .typed<decltype(classification_mdd)>();
+  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> _classification_mdd_with_grad(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hal_ext::_classification_mdd_with_grad", "")
+                       .typed<decltype(_classification_mdd_with_grad)>();
   return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
 }
 
@@ -132,6 +142,9 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("classification_mdd(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, Tensor? w_t, "
         "float margin, int reduction) -> (Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  m.def("_classification_mdd_with_grad(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, "
+        "Tensor? w_t, float margin, int reduction) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
   m.def("_classification_mdd_backward(Tensor grad, Tensor y_s_adv, Tensor y_t_adv, Tensor stats, Tensor argmax, "
         "int reduction) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
@@ -141,6 +154,23 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("_regression_mdd_backward(Tensor grad, Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, "
         "Tensor? w_t, float margin, int loss_kind, int reduction) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+}
+
+namespace {
+
+// Every device without a fused kernel: the forward, then the backward with a unit incoming gradient.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_composite(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  auto [loss, stats, argmax] = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+  auto [g_s, g_t] = _classification_mdd_backward(at::ones_like(loss), y_s_adv, y_t_adv, stats, argmax, reduction);
+  return {loss, stats, argmax, g_s, g_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hal_ext, CompositeExplicitAutograd, m) {
+  m.impl("_classification_mdd_with_grad", &classification_mdd_with_grad_composite);
 }
 
 }  // namespace hal_ext

@@ -13,6 +13,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
     const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction);
 
+// Returns (loss, stats, argmax, grad_y_s_adv, grad_y_t_adv): the forward and the gradients for a unit
+// incoming gradient (ones for 'none'), which the backward then only scales. Used where the forward's
+// exponentials are cheaper to keep than to recompute (the CPU kernels).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> _classification_mdd_with_grad(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction);
+
 std::tuple<at::Tensor, at::Tensor> _classification_mdd_backward(const at::Tensor& grad, const at::Tensor& y_s_adv,
                                                                 const at::Tensor& y_t_adv, const at::Tensor& stats,
                                                                 const at::Tensor& argmax, int64_t reduction);

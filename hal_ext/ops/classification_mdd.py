@@ -21,6 +21,12 @@ if _native.native_available():
         loss = y_s_adv.new_empty(sample if reduction == 0 else ())
         return loss, y_s_adv.new_empty((8, rows), dtype=acc), y_s_adv.new_empty((2, rows), dtype=torch.int64)
 
+    @torch.library.register_fake("hal_ext::_classification_mdd_with_grad")
+    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction):
+        loss, stats, argmax = torch.ops.hal_ext.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin,
+                                                                    reduction)
+        return loss, stats, argmax, y_s_adv.new_empty(y_s_adv.shape), y_t_adv.new_empty(y_t_adv.shape)
+
     @torch.library.register_fake("hal_ext::_classification_mdd_backward")
     def _(grad, y_s_adv, y_t_adv, stats, argmax, reduction):
         return y_s_adv.new_empty(y_s_adv.shape), y_t_adv.new_empty(y_t_adv.shape)

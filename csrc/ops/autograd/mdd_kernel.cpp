@@ -2,9 +2,14 @@
 // autograd, backward through the `_..._backward` ops. Gradients flow to y_s_adv and y_t_adv only
 // (y_s and y_t get none, as in tllib where the argmax / y.detach() cut them off); the fused ops take
 // constant weights (hal_ext's Python front end routes weights that require grad to the generic path).
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/mul.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
+
+#include <tuple>
 
 #include "ops/mdd.h"
 
@@ -19,14 +24,35 @@ void check_constant_weight(const std::optional<at::Tensor>& w, const char* name)
                     " must not require grad in the fused MDD op (use MarginDisparityDiscrepancy for learned weights)");
 }
 
+// For (N, C) float/double logits on the CPU the forward also writes the unit gradients (it keeps its
+// exponentials instead of the backward recomputing them: exp dominates the CPU cost) and the backward
+// scales them by the incoming gradient. Elsewhere the backward recomputes from y_adv and the per-row
+// statistics: GPUs are memory-bound (a stored gradient is one more pass), K-dim logits have no fused
+// CPU path, and half types would round the unit gradient before the incoming gradient scales it.
+bool gradient_in_forward(const at::Tensor& y_s_adv, const at::Tensor& y_t_adv) {
+  const auto dtype = y_s_adv.scalar_type();
+  return y_s_adv.device().is_cpu() && y_s_adv.dim() == 2 && (dtype == at::kFloat || dtype == at::kDouble) &&
+         at::GradMode::is_enabled() && (y_s_adv.requires_grad() || y_t_adv.requires_grad());
+}
+
 class ClassificationMddFunction : public torch::autograd::Function<ClassificationMddFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& y_s, const at::Tensor& y_s_adv,
                                const at::Tensor& y_t, const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
-                               const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+                               const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
+                               bool in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, stats, argmax] = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
-    ctx->save_for_backward({y_s_adv, y_t_adv, stats, argmax});
+    at::Tensor loss, stats, argmax;
+    if (in_forward) {
+      at::Tensor g_s, g_t;
+      std::tie(loss, stats, argmax, g_s, g_t) =
+          _classification_mdd_with_grad(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+      ctx->save_for_backward({g_s, g_t});
+    } else {
+      std::tie(loss, stats, argmax) = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+      ctx->save_for_backward({y_s_adv, y_t_adv, stats, argmax});
+    }
+    ctx->saved_data["in_forward"] = in_forward;
     ctx->saved_data["reduction"] = reduction;
     ctx->mark_non_differentiable({stats, argmax});
     return {loss, stats, argmax};
@@ -34,9 +60,26 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    auto [g_s, g_t] = _classification_mdd_backward(grad_outputs[0], saved[0], saved[1], saved[2], saved[3],
-                                                   ctx->saved_data["reduction"].toInt());
-    return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor& grad = grad_outputs[0];
+    at::Tensor g_s, g_t;
+    if (ctx->saved_data["in_forward"].toBool()) {
+      // grad is 0-d, or per sample (N, d1..dk) for 'none': broadcast over the class dimension.
+      // When the graph is freed after this backward, the unit gradients are scaled in place: they
+      // are ours alone (never an op output), so no memory beyond them is needed.
+      const at::Tensor scale = grad.dim() == 0 ? grad : grad.unsqueeze(1);
+      if (torch::autograd::get_current_graph_task_keep_graph()) {
+        g_s = at::mul(saved[0], scale);
+        g_t = at::mul(saved[1], scale);
+      } else {
+        g_s = saved[0].mul_(scale);
+        g_t = saved[1].mul_(scale);
+      }
+    } else {
+      std::tie(g_s, g_t) = _classification_mdd_backward(grad, saved[0], saved[1], saved[2], saved[3],
+                                                        ctx->saved_data["reduction"].toInt());
+    }
+    return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -45,7 +88,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_autograd(
     const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
   check_constant_weight(w_s, "w_s");
   check_constant_weight(w_t, "w_t");
-  auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+  // Decided here: Function::forward runs with grad mode off.
+  const bool in_forward = gradient_in_forward(y_s_adv, y_t_adv);
+  auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, in_forward);
   return {out[0], out[1], out[2]};
 }
 

@@ -9,11 +9,14 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "common/checks.h"
 #include "common/cpu_reduce.h"
@@ -67,9 +70,10 @@ struct RowSums {
   acc_t m, others, e_h, z_h;
 };
 
-// Max of a contiguous row and the sum of exp(z_j - max) over j != h.
-template <typename scalar_t, typename acc_t>
-inline RowSums<acc_t> row_sums(const scalar_t* z, int32_t c, int32_t h) {
+// Max of a contiguous row and the sum of exp(z_j - max) over j != h. With kStore, also writes
+// e_j = exp(z_j - max) to `e` (the forward-with-gradient kernel scales them into the gradient).
+template <bool kStore, typename scalar_t, typename acc_t>
+inline RowSums<acc_t> row_sums(const scalar_t* z, int32_t c, int32_t h, acc_t* e) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   HAL_SIMD_MAX(m)
   for (int32_t j = 0; j < c; ++j) {
@@ -79,11 +83,19 @@ inline RowSums<acc_t> row_sums(const scalar_t* z, int32_t c, int32_t h) {
   acc_t others = 0;
   HAL_SIMD_SUM(others)
   for (int32_t j = 0; j < c; ++j) {
-    const acc_t e = hal_exp(static_cast<acc_t>(z[j]) - m);
-    others += j != h ? e : acc_t(0);
+    const acc_t e_j = hal_exp(static_cast<acc_t>(z[j]) - m);
+    if constexpr (kStore) e[j] = e_j;
+    others += j != h ? e_j : acc_t(0);
   }
   const acc_t z_h = static_cast<acc_t>(z[h]);
   return {m, others, hal_exp(z_h - m), z_h};
+}
+
+// o_j *= a over a row (the stored exponentials become a * p_j * S).
+template <typename acc_t>
+inline void scale_row(acc_t* o, int32_t c, acc_t a) {
+  HAL_SIMD
+  for (int32_t j = 0; j < c; ++j) o[j] *= a;
 }
 
 // K-dim logits: the argmax of y and the sums of y_adv for a tile of `len` consecutive positions d
@@ -195,10 +207,22 @@ inline RowResult<acc_t> finish_row(const RowSums<acc_t>& s, const RowSums<acc_t>
   return r;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
+// Unit gradient of one (N, C) row from its stored exponentials: the backward's formula (mdd_math.h)
+// with incoming gradient g_unit (1/M for 'mean', else 1). k: first statistic of the side.
+template <typename acc_t>
+inline void unit_row_grads(acc_t* o, int32_t c, int32_t h, const acc_t* st, int k, acc_t g_unit) {
+  const acc_t gc = g_unit * st[k + 2];
+  scale_row(o, c, gc * st[k + 1]);
+  o[h] = -(gc * st[k + 3]);
+}
+
+// The forward. With `grads` (non-null), (N, C) float/double logits also get the gradients of the
+// loss for a unit incoming gradient, from the exponentials the forward computes anyway (saving the
+// backward's exp pass); other inputs leave *grads undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
     const at::Tensor& y_s_in, const at::Tensor& y_s_adv_in, const at::Tensor& y_t_in, const at::Tensor& y_t_adv_in,
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin_d,
-    int64_t reduction) {
+    int64_t reduction, std::pair<at::Tensor, at::Tensor>* grads) {
   const auto geo = mdd_detail::check_classification(y_s_in, y_s_adv_in, y_t_in, y_t_adv_in, w_s_in, w_t_in, reduction);
   const Reduction red = to_reduction(reduction);
   const at::Tensor y_s = y_s_in.contiguous(), y_s_adv = y_s_adv_in.contiguous();
@@ -240,15 +264,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
     };
     auto weight = [](const scalar_t* w, int64_t r) { return w ? static_cast<acc_t>(w[r]) : acc_t(1); };
     const int32_t c32 = static_cast<int32_t>(C);
-    if (D == 1) {
+    if (D == 1 && grads && std::is_same_v<scalar_t, acc_t>) {
+      grads->first = at::empty(y_s_adv.sizes(), y_s_adv.options());
+      grads->second = at::empty(y_t_adv.sizes(), y_t_adv.options());
+      acc_t* gs = reinterpret_cast<acc_t*>(grads->first.mutable_data_ptr<scalar_t>());
+      acc_t* gt = reinterpret_cast<acc_t*>(grads->second.mutable_data_ptr<scalar_t>());
+      const acc_t g_unit = red == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(M) : acc_t(1);
       const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
       at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t off = r * C;
           const int32_t h_s = row_argmax<scalar_t, acc_t>(ys + off, c32);
           const int32_t h_t = row_argmax<scalar_t, acc_t>(yt + off, c32);
-          const auto s = row_sums<scalar_t, acc_t>(zs + off, c32, h_s);
-          const auto t = row_sums<scalar_t, acc_t>(zt + off, c32, h_t);
+          const auto s = row_sums<true, scalar_t, acc_t>(zs + off, c32, h_s, gs + off);
+          const auto t = row_sums<true, scalar_t, acc_t>(zt + off, c32, h_t, gt + off);
+          const RowResult<acc_t> res = finish_row(s, t, margin, weight(ws, r), weight(wt, r));
+          store(r, h_s, h_t, res);
+          unit_row_grads(gs + off, c32, h_s, res.st, math::kStatMaxS, g_unit);
+          unit_row_grads(gt + off, c32, h_t, res.st, math::kStatMaxT, g_unit);
+        }
+      });
+    } else if (D == 1) {
+      const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
+      at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t off = r * C;
+          const int32_t h_s = row_argmax<scalar_t, acc_t>(ys + off, c32);
+          const int32_t h_t = row_argmax<scalar_t, acc_t>(yt + off, c32);
+          const auto s = row_sums<false, scalar_t, acc_t>(zs + off, c32, h_s, nullptr);
+          const auto t = row_sums<false, scalar_t, acc_t>(zt + off, c32, h_t, nullptr);
           store(r, h_s, h_t, finish_row(s, t, margin, weight(ws, r), weight(wt, r)));
         }
       });
@@ -292,6 +336,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
     }
   });
   return {out, stats, argmax};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  return classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, nullptr);
 }
 
 void check_backward_inputs(const at::Tensor& grad, const at::Tensor& y_s_adv, const at::Tensor& y_t_adv,
@@ -391,10 +441,24 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
   return {gs, gt};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_cpu(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  std::pair<at::Tensor, at::Tensor> grads;
+  auto [out, stats, argmax] =
+      classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, &grads);
+  if (!grads.first.defined()) {  // K-dim or half-precision logits: the backward with a unit gradient
+    std::tie(grads.first, grads.second) = classification_mdd_backward_cpu(at::ones(out.sizes(), out.options()),
+                                                                           y_s_adv, y_t_adv, stats, argmax, reduction);
+  }
+  return {out, stats, argmax, grads.first, grads.second};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
   m.impl("classification_mdd", &classification_mdd_cpu);
+  m.impl("_classification_mdd_with_grad", &classification_mdd_with_grad_cpu);
   m.impl("_classification_mdd_backward", &classification_mdd_backward_cpu);
 }
 
