@@ -46,6 +46,16 @@ def cases(device, dtype):
     y[1, 1] = -0.5  # max not > 0: (0, 0) for the truncated generator
     y[1, 2, 2, 2] = float("nan")
     out.append(("borders, ties, non-positive, NaN in y", y, torch.randn(2, 4, 8, 10, generator=g), 2))
+    # Non-finite logits in y_adv (the window-only KL path must fall back to the dense form's NaN/inf):
+    # -inf off the peak's window, -inf inside it, +inf, NaN; the other rows stay finite.
+    y = torch.randn(2, 3, 12, 12, generator=g)
+    y[:, :, 6, 6] = 5.0
+    y_adv = torch.randn(2, 3, 12, 12, generator=g)
+    y_adv[0, 0, 0, 0] = float("-inf")
+    y_adv[0, 1, 6, 6] = float("-inf")
+    y_adv[0, 2, 11, 0] = float("inf")
+    y_adv[1, 0, 3, 9] = float("nan")
+    out.append(("non-finite y_adv", y, y_adv, 2))
     return [(name, y.to(device), y_adv.to(device, dtype), sigma) for name, y, y_adv, sigma in out]
 
 

@@ -3,7 +3,6 @@
 //   MSE: row = w * sum 0.5 (z - x)^2;  KL: row = w * sum [xlogy(t, t) - t log_softmax(z)], t = (x + eps) / S
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include "common/cpu_parallel.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -11,6 +10,7 @@
 
 #include <vector>
 
+#include "common/cpu_parallel.h"
 #include "ops/cpu/joints_loss_rows.h"
 #include "ops/joints_loss_common.h"
 

@@ -14,7 +14,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include "common/cpu_parallel.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -24,74 +23,17 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/macros.h"
+#include "ops/cpu/map_argmax.h"
 #include "ops/pseudo_label.h"
 #include "ops/pseudo_label_math.h"
-
-#define HAL_SIMD_OR(var) HAL_PRAGMA(omp simd reduction(| : var))
 
 namespace hal_ext {
 namespace {
 
 namespace math = pseudo_label_math;
 
-// First argmax of p[0, n) (NaN = max, lowest index among equals), in two vectorised passes over
-// blocks of L elements: the maximum and whether a NaN occurs (lane-wise max/or, L lanes), then the
-// first element equal to it (or the first NaN), which re-reads the map from L1/L2 and stops at the
-// first block that holds it. Equivalent to a scan with pseudo_label_math::argmax_better.
-template <typename scalar_t>
-math::ArgMax<at::opmath_type<scalar_t>> map_argmax(const scalar_t* p, int64_t n) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t L = 32;
-  const int64_t full = n - n % L;
-  acc_t m = static_cast<acc_t>(p[0]);
-  bool nan = m != m;
-  if (full > 0) {
-    acc_t lane_max[L];
-    int32_t lane_nan[L];
-    for (int64_t l = 0; l < L; ++l) {
-      lane_max[l] = static_cast<acc_t>(p[l]);
-      lane_nan[l] = 0;
-    }
-    for (int64_t i = 0; i < full; i += L) {
-      const scalar_t* block = p + i;
-      HAL_SIMD
-      for (int64_t l = 0; l < L; ++l) {
-        const acc_t v = static_cast<acc_t>(block[l]);
-        lane_max[l] = v > lane_max[l] ? v : lane_max[l];
-        lane_nan[l] |= static_cast<int32_t>(v != v);
-      }
-    }
-    for (int64_t l = 0; l < L; ++l) {
-      m = lane_max[l] > m ? lane_max[l] : m;
-      nan = nan || lane_nan[l] != 0;
-    }
-  }
-  for (int64_t i = full; i < n; ++i) {
-    const acc_t v = static_cast<acc_t>(p[i]);
-    m = v > m ? v : m;
-    nan = nan || v != v;
-  }
-  if (nan) m = static_cast<acc_t>(NAN);
-  auto is_max = [m, nan](acc_t v) { return nan ? v != v : v == m; };
-  int64_t i = 0;
-  for (; i < full; i += L) {
-    const scalar_t* block = p + i;
-    int32_t hit = 0;
-    if (nan) {
-      HAL_SIMD_OR(hit)
-      for (int64_t l = 0; l < L; ++l) { const acc_t v = static_cast<acc_t>(block[l]); hit |= static_cast<int32_t>(v != v); }
-    } else {
-      HAL_SIMD_OR(hit)
-      for (int64_t l = 0; l < L; ++l) hit |= static_cast<int32_t>(static_cast<acc_t>(block[l]) == m);
-    }
-    if (hit) break;
-  }
-  for (; i < n; ++i) {
-    if (is_max(static_cast<acc_t>(p[i]))) return {m, i};
-  }
-  return {m, 0};  // unreachable for n > 0
-}
 
 // out[i] = G(dx0 + i, dy) for i in [0, n).
 template <bool kFast>
