@@ -326,6 +326,11 @@ def test_bad_inputs(bad, error, words):
     (lambda: torch.ops.hal_ext.fast_pseudo_label_2d(torch.randn(1, 2, 8, 8), -1.0), ValueError, ["sigma", "-1"]),
     (lambda: torch.ops.hal_ext.fast_pseudo_label_2d(torch.randn(1, 2, 8, 8), math.nan), ValueError, ["sigma"]),
     (lambda: torch.ops.hal_ext.pseudo_label_2d(torch.ones(1, 2, 8, 8, dtype=torch.int32), 2.0), TypeError, ["y"]),
+    # 2^31 columns (an expanded view: no memory): the kernels index windows with 32-bit offsets
+    (lambda: torch.ops.hal_ext.pseudo_label_2d(torch.zeros(1, 1, 1, 1).expand(1, 1, 1, 2**31), 2.0), ValueError,
+     ["height and width", "below 2^31", "2147483648"]),
+    (lambda: torch.ops.hal_ext.fast_pseudo_label_2d(torch.zeros(1, 1, 1, 1).expand(1, 1, 2**31, 1), 2.0),
+     ValueError, ["height and width", "below 2^31"]),
 ])
 def test_direct_op_calls_are_checked(call, error, words):
     with pytest.raises(error) as info:
