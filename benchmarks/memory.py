@@ -12,6 +12,9 @@ it (its temporaries, its outputs and gradients included).
   are tens of MiB). The sum is exact when only one of the two allocates (every hal_ext,
   torch.compile and pure-torch contender), and an upper bound otherwise. Both parts are in the JSON.
 """
+import contextlib
+import os
+import sys
 import tracemalloc
 
 import torch
@@ -30,14 +33,36 @@ def _cuda_peak(fn):
     return {"peak_bytes": int(peak), "method": "cuda allocator max_memory_allocated"}
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends file descriptor 2 to /dev/null: kineto prints `USDT ... profiler_start/stop` lines from C++
+    when a profiler starts and stops, one pair per measured call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak(fn):
     from torch.profiler import ProfilerActivity, profile
 
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     tracemalloc.start()
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            out = fn()
+        with _native_stderr_silenced():
+            prof.__enter__()
+        try:
+            out = fn()  # outside the silenced region: the call's own errors and warnings still show
             del out
+        finally:
+            with _native_stderr_silenced():
+                prof.__exit__(None, None, None)
         _, numpy_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
