@@ -9,5 +9,5 @@
 #include <ATen/Parallel.h>
 
 #if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "torch uses the OpenMP parallel backend: compile hal_ext's CPU kernels with -fopenmp, or at::parallel_for runs on one thread"
+#error "torch uses OpenMP: build hal_ext's CPU kernels with -fopenmp, else at::parallel_for runs on one thread"
 #endif

@@ -15,18 +15,10 @@ namespace hal_ext {
 namespace detail {
 inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
 inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, sizeof i); return i; }
-}  // namespace detail
-#endif
 
-HAL_HOST_DEVICE float hal_exp(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2.
-  const float lo = -87.33654f, hi = 88.72283f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  xc = (x != x) ? 0.0f : xc;
+// exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2: returns exp(r) and n, for x already
+// clamped to [-87.33654, 88.72283] (NaN replaced by 0).
+inline float exp_reduced(float xc, int32_t* n_out) {
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   float r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -38,8 +30,23 @@ HAL_HOST_DEVICE float hal_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
+  *n_out = static_cast<int32_t>(n);
+  return p;
+}
+}  // namespace detail
+#endif
+
+HAL_HOST_DEVICE float hal_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  const float lo = -87.33654f, hi = 88.72283f;
+  float xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  xc = (x != x) ? 0.0f : xc;
+  int32_t ni;
+  const float p = detail::exp_reduced(xc, &ni);
   // 2^n built in two halves so that n = 128 (x near the overflow bound) stays finite until the product.
-  const int32_t ni = static_cast<int32_t>(n);
   const int32_t n1 = ni >> 1;
   const float s1 = detail::bits_to_float((n1 + 127) << 23);
   const float s2 = detail::bits_to_float((ni - n1 + 127) << 23);
@@ -51,7 +58,27 @@ HAL_HOST_DEVICE float hal_exp(float x) {
 #endif
 }
 
+// hal_exp for arguments x <= 0 or NaN (softmax terms z - max z, z - logsumexp): the same values bit
+// for bit (multiplying by the two halves of 2^n is exact there), without the overflow path, and 2^n
+// in one step (n >= -126).
+HAL_HOST_DEVICE float hal_exp_nonpositive(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  const float lo = -87.33654f;
+  float xc = x < lo ? lo : x;
+  xc = (x != x) ? 0.0f : xc;
+  int32_t ni;
+  const float p = detail::exp_reduced(xc, &ni);
+  float y = p * detail::bits_to_float((ni + 127) << 23);
+  y = x < lo ? 0.0f : y;
+  y = (x != x) ? x : y;
+  return y;
+#endif
+}
+
 HAL_HOST_DEVICE double hal_exp(double x) { return ::exp(x); }
+HAL_HOST_DEVICE double hal_exp_nonpositive(double x) { return ::exp(x); }
 
 HAL_HOST_DEVICE float hal_log(float x) {
 #if defined(__CUDA_ARCH__)

@@ -44,7 +44,7 @@ HAL_HOST_DEVICE acc_t kl_term(acc_t t, acc_t z) {
 
 template <typename acc_t>
 HAL_HOST_DEVICE acc_t kl_grad(acc_t z, acc_t t, acc_t lse, acc_t T, acc_t scale) {
-  return scale * (T * hal_exp(z - lse) - t);
+  return scale * (T * hal_exp_nonpositive(z - lse) - t);  // z <= lse
 }
 
 // Row statistics the KL backward needs, saved by the forward (stats[r] = {lse, S}).

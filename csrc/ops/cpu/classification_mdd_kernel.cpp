@@ -83,12 +83,12 @@ inline RowSums<acc_t> row_sums(const scalar_t* z, int32_t c, int32_t h, acc_t* e
   acc_t others = 0;
   HAL_SIMD_SUM(others)
   for (int32_t j = 0; j < c; ++j) {
-    const acc_t e_j = hal_exp(static_cast<acc_t>(z[j]) - m);
+    const acc_t e_j = hal_exp_nonpositive(static_cast<acc_t>(z[j]) - m);
     if constexpr (kStore) e[j] = e_j;
     others += j != h ? e_j : acc_t(0);
   }
   const acc_t z_h = static_cast<acc_t>(z[h]);
-  return {m, others, hal_exp(z_h - m), z_h};
+  return {m, others, hal_exp_nonpositive(z_h - m), z_h};
 }
 
 // o_j *= a over a row (the stored exponentials become a * p_j * S).
@@ -136,7 +136,7 @@ void tile_sums(const scalar_t* y, const scalar_t* z, int64_t D, int32_t c32, int
     HAL_SIMD
     for (int64_t l = 0; l < len; ++l) {
       const acc_t v = static_cast<acc_t>(row[l]);
-      const acc_t e = hal_exp(v - ms[l]);
+      const acc_t e = hal_exp_nonpositive(v - ms[l]);
       const bool is_h = hs[l] == c;
       os[l] += is_h ? acc_t(0) : e;
       es[l] = is_h ? e : es[l];
@@ -149,7 +149,9 @@ void tile_sums(const scalar_t* y, const scalar_t* z, int64_t D, int32_t c32, int
 template <typename scalar_t, typename acc_t>
 void row_grads(const scalar_t* z, scalar_t* o, int32_t c, acc_t m, acc_t a) {
   HAL_SIMD
-  for (int32_t j = 0; j < c; ++j) o[j] = static_cast<scalar_t>(a * hal_exp(static_cast<acc_t>(z[j]) - m));
+  for (int32_t j = 0; j < c; ++j) {
+    o[j] = static_cast<scalar_t>(a * hal_exp_nonpositive(static_cast<acc_t>(z[j]) - m));
+  }
 }
 
 // Per-position statistics of one side of the K-dim backward (pointers at the sample's first position).
@@ -169,7 +171,7 @@ void line_grads(const scalar_t* z, scalar_t* o, LineStats<acc_t> st, int64_t c, 
                 int64_t D) {
   auto body = [&](int64_t d, acc_t g_d) {
     const acc_t gcoef = g_d * st.coef[d];
-    const acc_t e = hal_exp(static_cast<acc_t>(z[d]) - st.m[d]);
+    const acc_t e = hal_exp_nonpositive(static_cast<acc_t>(z[d]) - st.m[d]);
     o[d] = static_cast<scalar_t>(math::logit_grad(st.h[d] == c, gcoef * st.inv[d], e, gcoef * st.q[d]));
   };
   if (g) {  // two loops: a null test inside the loop keeps GCC from vectorising it

@@ -59,7 +59,7 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, i
   HAL_PRAGMA(omp simd reduction(+ : Z, A))
   for (int64_t p = 0; p < n; ++p) {
     const acc_t zp = static_cast<acc_t>(z[p]);
-    Z += hal_exp(zp - m);
+    Z += hal_exp_nonpositive(zp - m);
     A += math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, zp);
   }
   const acc_t lse = m + hal_log(Z);

@@ -116,7 +116,7 @@ bool kl_window_forward(const in_t* z, int64_t n, const plm::Axis& ax, const plm:
   if (non_finite) return false;
   acc_t Z = 0;
   HAL_SIMD_SUM(Z)
-  for (int64_t p = 0; p < n; ++p) Z += hal_exp(static_cast<acc_t>(z[p]) - m);
+  for (int64_t p = 0; p < n; ++p) Z += hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
   acc_t S_window = 0, z_window = 0;
   int64_t count = 0;
   for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) {
