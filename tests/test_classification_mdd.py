@@ -67,6 +67,13 @@ def sample_inputs(device, dtype):
     return [(name, [move(t) for t in ts], {k: move(v) for k, v in kw.items()}) for name, ts, kw in cases]
 
 
+def _op_args(ts, kw):
+    """The operators' positional arguments for a sample case: (y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin,
+    reduction code)."""
+    red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
+    return (*ts, kw.get("w_s"), kw.get("w_t"), float(kw.get("margin", 4.0)), red)
+
+
 def _reduced(ts):
     return ts[0].numel()
 
@@ -258,12 +265,12 @@ def test_opcheck(device):
     for name, ts, kw in sample_inputs(device, torch.float32):
         if ts[0].shape[0] == 0 or ts[0].numel() > 4_000 or torch.isnan(ts[0]).any():
             continue  # opcheck compares outputs with NaN != NaN
-        red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
-        args = (ts[0], ts[1].requires_grad_(), ts[2], ts[3].requires_grad_(), kw.get("w_s"), kw.get("w_t"),
-                float(kw.get("margin", 4.0)), red)
+        args = _op_args([ts[0], ts[1].requires_grad_(), ts[2], ts[3].requires_grad_()], kw)
+        red = args[-1]
         torch.library.opcheck(torch.ops.hal_ext.classification_mdd.default, args)
-        _, stats, argmax = torch.ops.hal_ext.classification_mdd(*[a.detach() if isinstance(a, torch.Tensor) else a
-                                                                  for a in args])
+        detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(torch.ops.hal_ext._classification_mdd_with_grad.default, detached)
+        _, stats, argmax = torch.ops.hal_ext.classification_mdd(*detached)
         grad = torch.randn(ts[0].shape[:1] + ts[0].shape[2:] if red == 0 else (), device=device)
         torch.library.opcheck(torch.ops.hal_ext._classification_mdd_backward.default,
                               (grad, ts[1].detach(), ts[3].detach(), stats, argmax, red))
@@ -277,8 +284,8 @@ def test_with_grad_op_equals_backward_of_ones(device, dtype):
     and the backward's gradients for a unit incoming gradient: fused for (N, C) float/double on the CPU,
     composed elsewhere (K-dim, half types, CUDA)."""
     for name, ts, kw in sample_inputs(device, dtype):
-        red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
-        args = (*ts, kw.get("w_s"), kw.get("w_t"), float(kw.get("margin", 4.0)), red)
+        args = _op_args(ts, kw)
+        red = args[-1]
         loss, stats, argmax, g_s, g_t = torch.ops.hal_ext._classification_mdd_with_grad(*args)
         want = torch.ops.hal_ext.classification_mdd(*args)
         assert torch.equal(loss.nan_to_num(7.0), want[0].nan_to_num(7.0)), name
@@ -287,17 +294,6 @@ def test_with_grad_op_equals_backward_of_ones(device, dtype):
                                                                         want[2], red)
         assert_close(g_s, want_s, dtype, f"{name} grad y_s_adv")
         assert_close(g_t, want_t, dtype, f"{name} grad y_t_adv")
-
-
-@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_with_grad(device):
-    for name, ts, kw in sample_inputs(device, torch.float32):
-        if ts[0].shape[0] == 0 or ts[0].numel() > 4_000 or torch.isnan(ts[0]).any():
-            continue  # opcheck compares outputs with NaN != NaN
-        red = {"none": 0, "mean": 1, "sum": 2}[kw.get("reduction", "mean")]
-        torch.library.opcheck(torch.ops.hal_ext._classification_mdd_with_grad.default,
-                              (*ts, kw.get("w_s"), kw.get("w_t"), float(kw.get("margin", 4.0)), red))
 
 
 @pytest.mark.parametrize("device", DEVICES)

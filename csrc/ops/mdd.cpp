@@ -127,6 +127,19 @@ RegressionInputs prepare_regression(const at::Tensor& y_s, const at::Tensor& y_s
           expand_weight(w_s, y_s.sizes(), y_s_adv), expand_weight(w_t, y_s.sizes(), y_s_adv)};
 }
 
+bool fused_grad_supported(const at::Tensor& y_adv) {
+  const auto dtype = y_adv.scalar_type();
+  return y_adv.dim() == 2 && (dtype == at::kFloat || dtype == at::kDouble);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_composite(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  auto [loss, stats, argmax] = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+  auto [g_s, g_t] = _classification_mdd_backward(at::ones_like(loss), y_s_adv, y_t_adv, stats, argmax, reduction);
+  return {loss, stats, argmax, g_s, g_t};
+}
+
 void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape) {
   if (to_reduction(reduction) == Reduction::None) {
     TORCH_CHECK_VALUE(grad.sizes() == sample_shape, "grad must have the per-sample loss shape ", sample_shape,
@@ -156,21 +169,8 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
         {at::Tag::pt2_compliant_tag});
 }
 
-namespace {
-
-// Every device without a fused kernel: the forward, then the backward with a unit incoming gradient.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_composite(
-    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
-  auto [loss, stats, argmax] = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
-  auto [g_s, g_t] = _classification_mdd_backward(at::ones_like(loss), y_s_adv, y_t_adv, stats, argmax, reduction);
-  return {loss, stats, argmax, g_s, g_t};
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(hal_ext, CompositeExplicitAutograd, m) {
-  m.impl("_classification_mdd_with_grad", &classification_mdd_with_grad_composite);
+  m.impl("_classification_mdd_with_grad", &mdd_detail::classification_mdd_with_grad_composite);
 }
 
 }  // namespace hal_ext

@@ -57,6 +57,16 @@ at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef sha
 
 void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape);
 
+// Logits whose unit gradients a CPU forward writes itself ((N, C) float/double): the half types would
+// round the unit gradient before the incoming gradient scales it, K-dim logits have no fused path.
+bool fused_grad_supported(const at::Tensor& y_adv);
+
+// _classification_mdd_with_grad as the forward, then the backward with a unit incoming gradient
+// (every input the fused CPU kernel does not take, every device without one).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_composite(
+    const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction);
+
 // The regression op's inputs made contiguous and its weights expanded to the per-element shape:
 // what both the CPU and the CUDA kernels read.
 struct RegressionInputs {

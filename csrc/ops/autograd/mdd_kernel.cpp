@@ -24,15 +24,14 @@ void check_constant_weight(const std::optional<at::Tensor>& w, const char* name)
                     " must not require grad in the fused MDD op (use MarginDisparityDiscrepancy for learned weights)");
 }
 
-// For (N, C) float/double logits on the CPU the forward also writes the unit gradients (it keeps its
-// exponentials instead of the backward recomputing them: exp dominates the CPU cost) and the backward
-// scales them by the incoming gradient. Elsewhere the backward recomputes from y_adv and the per-row
-// statistics: GPUs are memory-bound (a stored gradient is one more pass), K-dim logits have no fused
-// CPU path, and half types would round the unit gradient before the incoming gradient scales it.
+// For logits the CPU forward can differentiate itself (mdd_detail::fused_grad_supported) the forward
+// also writes the unit gradients (it keeps its exponentials instead of the backward recomputing them:
+// exp dominates the CPU cost) and the backward scales them by the incoming gradient. Elsewhere the
+// backward recomputes from y_adv and the per-row statistics: GPUs are memory-bound, and a stored
+// gradient would be one more pass.
 bool gradient_in_forward(const at::Tensor& y_s_adv, const at::Tensor& y_t_adv) {
-  const auto dtype = y_s_adv.scalar_type();
-  return y_s_adv.device().is_cpu() && y_s_adv.dim() == 2 && (dtype == at::kFloat || dtype == at::kDouble) &&
-         at::GradMode::is_enabled() && (y_s_adv.requires_grad() || y_t_adv.requires_grad());
+  return y_s_adv.device().is_cpu() && mdd_detail::fused_grad_supported(y_s_adv) && at::GradMode::is_enabled() &&
+         (y_s_adv.requires_grad() || y_t_adv.requires_grad());
 }
 
 class ClassificationMddFunction : public torch::autograd::Function<ClassificationMddFunction> {

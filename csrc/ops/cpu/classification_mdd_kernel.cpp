@@ -9,7 +9,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -218,9 +217,9 @@ inline void unit_row_grads(acc_t* o, int32_t c, int32_t h, const acc_t* st, int 
   o[h] = -(gc * st[k + 3]);
 }
 
-// The forward. With `grads` (non-null), (N, C) float/double logits also get the gradients of the
-// loss for a unit incoming gradient, from the exponentials the forward computes anyway (saving the
-// backward's exp pass); other inputs leave *grads undefined.
+// The forward. With `grads` (non-null; only where mdd_detail::fused_grad_supported), it also writes the
+// gradients of the loss for a unit incoming gradient, from the exponentials the forward computes
+// anyway (saving the backward's exp pass).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
     const at::Tensor& y_s_in, const at::Tensor& y_s_adv_in, const at::Tensor& y_t_in, const at::Tensor& y_t_adv_in,
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin_d,
@@ -266,11 +265,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
     };
     auto weight = [](const scalar_t* w, int64_t r) { return w ? static_cast<acc_t>(w[r]) : acc_t(1); };
     const int32_t c32 = static_cast<int32_t>(C);
-    if (D == 1 && grads && std::is_same_v<scalar_t, acc_t>) {
-      grads->first = at::empty(y_s_adv.sizes(), y_s_adv.options());
-      grads->second = at::empty(y_t_adv.sizes(), y_t_adv.options());
-      acc_t* gs = reinterpret_cast<acc_t*>(grads->first.mutable_data_ptr<scalar_t>());
-      acc_t* gt = reinterpret_cast<acc_t*>(grads->second.mutable_data_ptr<scalar_t>());
+    if (D == 1) {
+      // With grads: the (N, C) float/double case (mdd_detail::fused_grad_supported), acc_t == scalar_t.
+      acc_t* gs = nullptr;
+      acc_t* gt = nullptr;
+      if (grads) {
+        grads->first = at::empty(y_s_adv.sizes(), y_s_adv.options());
+        grads->second = at::empty(y_t_adv.sizes(), y_t_adv.options());
+        gs = reinterpret_cast<acc_t*>(grads->first.mutable_data_ptr<scalar_t>());
+        gt = reinterpret_cast<acc_t*>(grads->second.mutable_data_ptr<scalar_t>());
+      }
       const acc_t g_unit = red == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(M) : acc_t(1);
       const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
       at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
@@ -278,24 +282,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
           const int64_t off = r * C;
           const int32_t h_s = row_argmax<scalar_t, acc_t>(ys + off, c32);
           const int32_t h_t = row_argmax<scalar_t, acc_t>(yt + off, c32);
-          const auto s = row_sums<true, scalar_t, acc_t>(zs + off, c32, h_s, gs + off);
-          const auto t = row_sums<true, scalar_t, acc_t>(zt + off, c32, h_t, gt + off);
+          const auto s = gs ? row_sums<true, scalar_t, acc_t>(zs + off, c32, h_s, gs + off)
+                            : row_sums<false, scalar_t, acc_t>(zs + off, c32, h_s, nullptr);
+          const auto t = gt ? row_sums<true, scalar_t, acc_t>(zt + off, c32, h_t, gt + off)
+                            : row_sums<false, scalar_t, acc_t>(zt + off, c32, h_t, nullptr);
           const RowResult<acc_t> res = finish_row(s, t, margin, weight(ws, r), weight(wt, r));
           store(r, h_s, h_t, res);
-          unit_row_grads(gs + off, c32, h_s, res.st, math::kStatMaxS, g_unit);
-          unit_row_grads(gt + off, c32, h_t, res.st, math::kStatMaxT, g_unit);
-        }
-      });
-    } else if (D == 1) {
-      const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
-      at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t off = r * C;
-          const int32_t h_s = row_argmax<scalar_t, acc_t>(ys + off, c32);
-          const int32_t h_t = row_argmax<scalar_t, acc_t>(yt + off, c32);
-          const auto s = row_sums<false, scalar_t, acc_t>(zs + off, c32, h_s, nullptr);
-          const auto t = row_sums<false, scalar_t, acc_t>(zt + off, c32, h_t, nullptr);
-          store(r, h_s, h_t, finish_row(s, t, margin, weight(ws, r), weight(wt, r)));
+          if (gs) {
+            unit_row_grads(gs + off, c32, h_s, res.st, math::kStatMaxS, g_unit);
+            unit_row_grads(gt + off, c32, h_t, res.st, math::kStatMaxT, g_unit);
+          }
         }
       });
     } else {
@@ -446,13 +442,13 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classification_mdd_with_grad_cpu(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
     const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+  if (!mdd_detail::fused_grad_supported(y_s_adv)) {  // K-dim or half-precision logits
+    return mdd_detail::classification_mdd_with_grad_composite(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin,
+                                                              reduction);
+  }
   std::pair<at::Tensor, at::Tensor> grads;
   auto [out, stats, argmax] =
       classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, &grads);
-  if (!grads.first.defined()) {  // K-dim or half-precision logits: the backward with a unit gradient
-    std::tie(grads.first, grads.second) = classification_mdd_backward_cpu(at::ones(out.sizes(), out.options()),
-                                                                           y_s_adv, y_t_adv, stats, argmax, reduction);
-  }
   return {out, stats, argmax, grads.first, grads.second};
 }
 

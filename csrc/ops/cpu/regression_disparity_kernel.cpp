@@ -224,10 +224,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
     const float den = plm::gaussian_denominator(a.sigma);
     auto dense_kl = [&](int64_t r, const float* target, const plm::Axis& ax, const plm::Axis& ay) {
       if (target) return kl_row_forward<acc_t>(zp + r * n, target, n, eps);
-      std::vector<float> built(n);  // a -inf row on the window path: the dense form, built here
-      std::fill(built.begin(), built.end(), 0.0f);
-      if (a.fast) for_each_window_pixel<true>(ax, ay, a.W, den, [&](int64_t q, float g) { built[q] = g; });
-      else for_each_window_pixel<false>(ax, ay, a.W, den, [&](int64_t q, float g) { built[q] = g; });
+      std::vector<float> built(n);  // a non-finite row on the window path: the dense target, built here
+      if (a.fast) build_target<true>(built.data(), nullptr, /*max_mode=*/false, ax, ay, a.H, a.W, den);
+      else build_target<false>(built.data(), nullptr, /*max_mode=*/false, ax, ay, a.H, a.W, den);
       return kl_row_forward<acc_t>(zp + r * n, built.data(), n, eps);
     };
     auto body = [&](int64_t r, const float* target, const plm::Axis& ax, const plm::Axis& ay) {
