@@ -2,24 +2,33 @@
 import torch
 
 from .. import _native
-from .._validation import check_float_tensor, check_paired, same_dtype
+from .._validation import SUPPORTED_DTYPES, check_float_tensor, check_paired, same_dtype
 from ..reference import mcd as reference
 
 if _native.native_available():
 
     @torch.library.register_fake("hal_ext::classifier_discrepancy")
     def _(predictions1, predictions2):
+        check_paired(predictions1, "predictions1", predictions2, "predictions2")  # e.g. a CPU and a meta tensor
         return predictions1.new_empty(())
 
     @torch.library.register_fake("hal_ext::_classifier_discrepancy_backward")
     def _(grad, predictions1, predictions2):
         return predictions1.new_empty(predictions1.shape), predictions2.new_empty(predictions2.shape)
 
+    _OP = torch.ops.hal_ext.classifier_discrepancy.default
+else:
+    _OP = None
+
 
 def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tensor) -> torch.Tensor:
+    if (_OP is not None and type(predictions1) is torch.Tensor and type(predictions2) is torch.Tensor
+            and predictions1.dtype == predictions2.dtype and predictions1.dtype in SUPPORTED_DTYPES
+            and predictions1.shape == predictions2.shape):
+        return _OP(predictions1, predictions2)  # the common call (the operator checks the devices)
     check_float_tensor(predictions1, "predictions1")
     check_paired(predictions1, "predictions1", predictions2, "predictions2")
     predictions1, predictions2 = same_dtype(predictions1, predictions2)
-    if _native.native_available():
-        return torch.ops.hal_ext.classifier_discrepancy(predictions1, predictions2)
+    if _OP is not None:
+        return _OP(predictions1, predictions2)
     return reference.classifier_discrepancy(predictions1, predictions2)

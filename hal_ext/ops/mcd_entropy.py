@@ -19,10 +19,14 @@ if _native.native_available():
     def _(grad, column_means, batch_size):
         return column_means.new_empty((batch_size, *column_means.shape), dtype=grad.dtype)
 
+    _OP = torch.ops.hal_ext.mcd_entropy.default
+else:
+    _OP = None
+
 
 def mcd_entropy(predictions: torch.Tensor) -> torch.Tensor:
     check_float_tensor(predictions, "predictions")
     check_min_dim(predictions, "predictions", 1, "(N, *)")
-    if _native.native_available():
-        return torch.ops.hal_ext.mcd_entropy(predictions)[0]
+    if _OP is not None:
+        return _OP(predictions)[0]
     return reference.entropy(predictions)

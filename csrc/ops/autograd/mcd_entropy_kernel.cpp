@@ -15,6 +15,7 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, means] = mcd_entropy(predictions);
     ctx->mark_non_differentiable({means});
+    ctx->set_materialize_grads(false);  // the means never get a gradient: no zeros for them
     ctx->save_for_backward({means});
     ctx->saved_data["batch_size"] = predictions.sym_size(0);
     return {loss, means};
@@ -23,6 +24,7 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  const torch::autograd::variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    if (!grad_outputs[0].defined()) return {at::Tensor()};  // not materialised: zero
     return {_mcd_entropy_backward(grad_outputs[0], saved[0], ctx->saved_data["batch_size"].toSymInt())};
   }
 };

@@ -54,31 +54,35 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
     ctx->saved_data["in_forward"] = in_forward;
     ctx->saved_data["reduction"] = reduction;
     ctx->mark_non_differentiable({stats, argmax});
+    ctx->set_materialize_grads(false);  // stats and argmax never get a gradient: no zeros for them
     return {loss, stats, argmax};
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grad_outputs[0];
     at::Tensor g_s, g_t;
-    if (ctx->saved_data["in_forward"].toBool()) {
-      // grad is 0-d, or per sample (N, d1..dk) for 'none': broadcast over the class dimension.
-      // When the graph is freed after this backward, the unit gradients are scaled in place: they
-      // are ours alone (never an op output), so no memory beyond them is needed.
-      const at::Tensor scale = grad.dim() == 0 ? grad : grad.unsqueeze(1);
-      if (torch::autograd::get_current_graph_task_keep_graph()) {
-        g_s = at::mul(saved[0], scale);
-        g_t = at::mul(saved[1], scale);
-      } else {
-        g_s = saved[0].mul_(scale);
-        g_t = saved[1].mul_(scale);
-      }
-    } else {
-      std::tie(g_s, g_t) = _classification_mdd_backward(grad, saved[0], saved[1], saved[2], saved[3],
-                                                        ctx->saved_data["reduction"].toInt());
+    if (grad.defined()) {  // grads are not materialised: an undefined one means zero
+      std::tie(g_s, g_t) = logit_grads(ctx, grad);
     }
     return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
+  }
+
+ private:
+  static std::tuple<at::Tensor, at::Tensor> logit_grads(AutogradContext* ctx, const at::Tensor& grad) {
+    const auto saved = ctx->get_saved_variables();
+    if (!ctx->saved_data["in_forward"].toBool()) {
+      return _classification_mdd_backward(grad, saved[0], saved[1], saved[2], saved[3],
+                                          ctx->saved_data["reduction"].toInt());
+    }
+    // grad is 0-d, or per sample (N, d1..dk) for 'none': broadcast over the class dimension.
+    // When the graph is freed after this backward, the unit gradients are scaled in place: they
+    // are ours alone (never an op output), so no memory beyond them is needed.
+    const at::Tensor scale = grad.dim() == 0 ? grad : grad.unsqueeze(1);
+    if (torch::autograd::get_current_graph_task_keep_graph()) {
+      return {at::mul(saved[0], scale), at::mul(saved[1], scale)};
+    }
+    return {saved[0].mul_(scale), saved[1].mul_(scale)};
   }
 };
 
