@@ -17,9 +17,13 @@ inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, sizeof f); 
 inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, sizeof i); return i; }
 
 // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2: returns exp(r) and n, for x already
-// clamped to [-87.33654, 88.72283] (NaN replaced by 0).
+// clamped to [-87.33654, 88.72283] or NaN. Adding 1.5 * 2^23 rounds x / ln2 to an integer held in
+// the low mantissa bits: n is read from those bits, so a NaN x (which makes exp(r) NaN) needs no
+// float-to-int conversion, whose result would be undefined.
 inline float exp_reduced(float xc, int32_t* n_out) {
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23
+  const float t = xc * 1.44269504088896341f + kShifter;
+  const float n = t - kShifter;
   float r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   const float r2 = r * r;
@@ -30,7 +34,7 @@ inline float exp_reduced(float xc, int32_t* n_out) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  *n_out = static_cast<int32_t>(n);
+  *n_out = float_to_bits(t) - float_to_bits(kShifter);
   return p;
 }
 }  // namespace detail
@@ -41,9 +45,8 @@ HAL_HOST_DEVICE float hal_exp(float x) {
   return expf(x);
 #else
   const float lo = -87.33654f, hi = 88.72283f;
-  float xc = x < lo ? lo : x;
+  float xc = x < lo ? lo : x;  // NaN stays NaN and propagates through exp(r)
   xc = xc > hi ? hi : xc;
-  xc = (x != x) ? 0.0f : xc;
   int32_t ni;
   const float p = detail::exp_reduced(xc, &ni);
   // 2^n built in two halves so that n = 128 (x near the overflow bound) stays finite until the product.
@@ -53,7 +56,6 @@ HAL_HOST_DEVICE float hal_exp(float x) {
   float y = p * s1 * s2;
   y = x < lo ? 0.0f : y;
   y = x > hi ? INFINITY : y;
-  y = (x != x) ? x : y;
   return y;
 #endif
 }
@@ -66,13 +68,11 @@ HAL_HOST_DEVICE float hal_exp_nonpositive(float x) {
   return expf(x);
 #else
   const float lo = -87.33654f;
-  float xc = x < lo ? lo : x;
-  xc = (x != x) ? 0.0f : xc;
+  const float xc = x < lo ? lo : x;  // NaN stays NaN and propagates through exp(r)
   int32_t ni;
   const float p = detail::exp_reduced(xc, &ni);
   float y = p * detail::bits_to_float((ni + 127) << 23);
   y = x < lo ? 0.0f : y;
-  y = (x != x) ? x : y;
   return y;
 #endif
 }
