@@ -323,6 +323,24 @@ def test_gradient_scaled_by_incoming_and_graph_reusable(device, reduction):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_unit_incoming_gradient_and_accumulation(device):
+    """A unit incoming gradient on a freed graph hands out the forward's unit gradients unscaled: the same bits
+    as the scaled copy a retained graph gives, and .grad accumulation over fresh forwards stays correct."""
+    g = torch.Generator().manual_seed(12)
+    ts = [torch.randn(16, 9, generator=g).to(device) for _ in range(4)]
+    zs, zt = ts[1].clone().requires_grad_(), ts[3].clone().requires_grad_()
+    out = classification_mdd(ts[0], zs, ts[2], zt)
+    kept = torch.autograd.grad(out, [zs, zt], retain_graph=True)
+    freed = torch.autograd.grad(out, [zs, zt])
+    for a, b in zip(kept, freed):
+        assert torch.equal(a, b)
+    for _ in range(2):
+        classification_mdd(ts[0], zs, ts[2], zt).backward()
+    for a, grad in zip(kept, (zs.grad, zt.grad)):
+        assert torch.equal(grad, a + a)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     loss = ClassificationMarginDisparityDiscrepancy(margin=4.0)
 
