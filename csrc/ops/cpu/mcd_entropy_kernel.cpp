@@ -42,6 +42,43 @@ void maybe_parallel(int64_t tasks, int64_t elements, const Body& body) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// s[k] = sum over `rows` rows (stride m) of in[i * m + k], k < cols. A plain function: inside the
+// lambdas that at::parallel_for runs, GCC reads captured pointers through the closure and leaves the
+// loops scalar.
+template <typename scalar_t, typename acc_t>
+void column_sums(const scalar_t* in, int64_t m, int64_t rows, int64_t cols, acc_t* s) {
+  HAL_SIMD
+  for (int64_t k = 0; k < cols; ++k) s[k] = acc_t(0);
+  for (int64_t i = 0; i < rows; ++i) {
+    const scalar_t* row = in + i * m;
+    HAL_SIMD
+    for (int64_t k = 0; k < cols; ++k) s[k] += static_cast<acc_t>(row[k]);
+  }
+}
+
+// Columns [0, cols) of the means: the `blocks` partial sums (stride m; null when the sums are already
+// in `mean`) added in block order, divided by the count; returns the sum of their log terms.
+template <typename acc_t>
+acc_t means_and_log_sum(const acc_t* partial, int64_t blocks, int64_t m, int64_t cols, acc_t count, acc_t* mean) {
+  if (partial) {
+    HAL_SIMD
+    for (int64_t k = 0; k < cols; ++k) mean[k] = partial[k];
+    for (int64_t b = 1; b < blocks; ++b) {
+      const acc_t* s = partial + b * m;
+      HAL_SIMD
+      for (int64_t k = 0; k < cols; ++k) mean[k] += s[k];
+    }
+  }
+  acc_t log_sum = 0;
+  HAL_SIMD_SUM(log_sum)
+  for (int64_t k = 0; k < cols; ++k) {
+    const acc_t mk = mean[k] / count;  // 0 / 0 = NaN for an empty batch, as torch.mean
+    mean[k] = mk;
+    log_sum += math::log_term<acc_t>(mk);
+  }
+  return log_sum;
+}
+
 int64_t row_size(const at::Tensor& t) {
   int64_t m = 1;
   for (int64_t d = 1; d < t.dim(); ++d) m *= t.size(d);
@@ -73,14 +110,7 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions
         const int64_t b = t / col_chunks, c = t % col_chunks;
         const int64_t k0 = c * chunk, k1 = std::min(m, k0 + chunk);
         const int64_t i0 = b * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
-        acc_t* s = partial + b * m;
-        HAL_SIMD
-        for (int64_t k = k0; k < k1; ++k) s[k] = acc_t(0);
-        for (int64_t i = i0; i < i1; ++i) {
-          const scalar_t* row = in + i * m;
-          HAL_SIMD
-          for (int64_t k = k0; k < k1; ++k) s[k] += static_cast<acc_t>(row[k]);
-        }
+        column_sums(in + i0 * m + k0, m, i1 - i0, k1 - k0, partial + b * m + k0);
       }
     });
 
@@ -90,23 +120,8 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions
     maybe_parallel(col_chunks, row_blocks * m, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t k0 = c * chunk, k1 = std::min(m, k0 + chunk);
-        if (row_blocks > 1) {
-          HAL_SIMD
-          for (int64_t k = k0; k < k1; ++k) mean[k] = partial[k];
-          for (int64_t b = 1; b < row_blocks; ++b) {
-            const acc_t* s = partial + b * m;
-            HAL_SIMD
-            for (int64_t k = k0; k < k1; ++k) mean[k] += s[k];
-          }
-        }
-        acc_t log_sum = 0;
-        HAL_SIMD_SUM(log_sum)
-        for (int64_t k = k0; k < k1; ++k) {
-          const acc_t mk = mean[k] / count;  // 0 / 0 = NaN for an empty batch, as torch.mean
-          mean[k] = mk;
-          log_sum += math::log_term<acc_t>(mk);
-        }
-        log_sums[c] = log_sum;
+        log_sums[c] = means_and_log_sum(row_blocks > 1 ? partial + k0 : nullptr, row_blocks, m, k1 - k0, count,
+                                        mean + k0);
       }
     });
     acc_t total = 0;
