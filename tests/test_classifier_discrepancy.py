@@ -97,6 +97,54 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.hal_ext.classifier_discrepancy.default, (a, b))
         grad = torch.ones((), device=device)
         torch.library.opcheck(torch.ops.hal_ext._classifier_discrepancy_backward.default, (grad, a.detach(), b.detach()))
+        torch.library.opcheck(torch.ops.hal_ext._classifier_discrepancy_with_grad.default, (a.detach(), b.detach()))
+
+
+@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_with_grad_op_equals_backward_of_ones(device, dtype):
+    """hal_ext::_classifier_discrepancy_with_grad (the CPU autograd path's forward) returns the forward's value
+    bit for bit and the backward's gradients for a unit incoming gradient: fused for float/double on the
+    CPU, composed elsewhere (half types, CUDA)."""
+    for name, a, b in sample_inputs(device, dtype):
+        loss, g1, g2 = torch.ops.hal_ext._classifier_discrepancy_with_grad(a, b)
+        want = torch.ops.hal_ext.classifier_discrepancy(a, b)
+        assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
+        want1, want2 = torch.ops.hal_ext._classifier_discrepancy_backward(torch.ones_like(want), a, b)
+        assert_close(g1, want1, dtype, f"{name} grad predictions1")
+        assert_close(g2, want2, dtype, f"{name} grad predictions2")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device):
+    """The CPU path keeps unit gradients from the forward and scales them in the backward (in place when the
+    graph is freed, not at all for a unit gradient): a retained graph gives the same gradients on every
+    backward, scaled by any incoming gradient; a fresh forward does not see a previous backward's scaling;
+    .grad accumulates correctly over fresh forwards."""
+    g = torch.Generator().manual_seed(3)
+    a0, b0 = torch.randn(16, 9, generator=g).softmax(1), torch.randn(16, 9, generator=g).softmax(1)
+    a, b = a0.clone().to(device).requires_grad_(), b0.clone().to(device).requires_grad_()
+    ref = [t.double().requires_grad_() for t in (a0, b0)]
+    want = torch.autograd.grad(reference.classifier_discrepancy(*ref), ref)
+    out = classifier_discrepancy(a, b)
+    incoming = torch.tensor(2.5, device=device)
+    first = torch.autograd.grad(out, [a, b], incoming, retain_graph=True)
+    second = torch.autograd.grad(out, [a, b], incoming, retain_graph=True)
+    unit_kept = torch.autograd.grad(out, [a, b], retain_graph=True)
+    unit_freed = torch.autograd.grad(out, [a, b])
+    for f, s, k, u, w in zip(first, second, unit_kept, unit_freed, want):
+        assert torch.equal(f, s)
+        assert torch.equal(k, u)
+        assert_close(f, 2.5 * w, torch.float32, "grad for an incoming gradient of 2.5")
+        assert_close(u, w, torch.float32, "grad for a unit incoming gradient")
+    scaled = torch.autograd.grad(classifier_discrepancy(a, b), [a, b], incoming)
+    for f, s in zip(first, scaled):
+        assert torch.equal(f, s)
+    for _ in range(2):
+        classifier_discrepancy(a, b).backward()
+    for u, grad in zip(unit_freed, (a.grad, b.grad)):
+        assert torch.equal(grad, u + u)
 
 
 @pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")

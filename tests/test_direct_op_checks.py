@@ -63,8 +63,8 @@ def single_tensor(name):
     return sum(str(a.type) in ("Tensor", "Tensor[]") for a in schema(name).arguments) == 1
 
 
-ANY_RANK = ("classifier_discrepancy", "_classifier_discrepancy_backward", "shift_log", "_shift_log_backward",
-            "mcd_entropy", "regression_mdd")
+ANY_RANK = ("classifier_discrepancy", "_classifier_discrepancy_backward", "_classifier_discrepancy_with_grad",
+            "shift_log", "_shift_log_backward", "mcd_entropy", "regression_mdd")
 
 
 def applicable(name, variant):

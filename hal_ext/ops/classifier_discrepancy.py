@@ -16,6 +16,12 @@ if _native.native_available():
     def _(grad, predictions1, predictions2):
         return predictions1.new_empty(predictions1.shape), predictions2.new_empty(predictions2.shape)
 
+    @torch.library.register_fake("hal_ext::_classifier_discrepancy_with_grad")
+    def _(predictions1, predictions2):
+        check_paired(predictions1, "predictions1", predictions2, "predictions2")
+        return (predictions1.new_empty(()), predictions1.new_empty(predictions1.shape),
+                predictions2.new_empty(predictions2.shape))
+
     _OP = torch.ops.hal_ext.classifier_discrepancy.default
 else:
     _OP = None

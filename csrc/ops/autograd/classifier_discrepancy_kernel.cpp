@@ -1,32 +1,54 @@
-// Autograd kernel of hal_ext::classifier_discrepancy: forward below autograd, backward through
-// hal_ext::_classifier_discrepancy_backward.
+// Autograd kernel of hal_ext::classifier_discrepancy: forward below autograd. For float/double
+// predictions on the CPU (cd_detail::fused_grad_supported) the forward also writes the unit gradients
+// in its one pass over the predictions, and the backward only scales them (unit_grads.h); elsewhere
+// the backward is hal_ext::_classifier_discrepancy_backward on the saved predictions (GPUs are
+// memory-bound, and a stored gradient would be one more pass).
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/autograd/unit_grads.h"
 #include "ops/classifier_discrepancy.h"
 
 namespace hal_ext {
 namespace {
 
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool gradient_in_forward(const at::Tensor& predictions1, const at::Tensor& predictions2) {
+  return predictions1.device().is_cpu() && cd_detail::fused_grad_supported(predictions1) &&
+         at::GradMode::is_enabled() && (predictions1.requires_grad() || predictions2.requires_grad());
+}
+
 class ClassifierDiscrepancyFunction : public torch::autograd::Function<ClassifierDiscrepancyFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& predictions1,
-                            const at::Tensor& predictions2) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& predictions1, const at::Tensor& predictions2,
+                            bool in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({predictions1, predictions2});
-    return classifier_discrepancy(predictions1, predictions2);
+    ctx->saved_data["in_forward"] = in_forward;
+    if (!in_forward) {
+      ctx->save_for_backward({predictions1, predictions2});
+      return classifier_discrepancy(predictions1, predictions2);
+    }
+    auto [loss, g1, g2] = _classifier_discrepancy_with_grad(predictions1, predictions2);
+    ctx->save_for_backward({g1, g2});
+    return loss;
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 const torch::autograd::variable_list& grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    auto [g1, g2] = _classifier_discrepancy_backward(grad_outputs[0], saved[0], saved[1]);
-    return {g1, g2};
+    const at::Tensor& grad = grad_outputs[0];
+    auto [g1, g2] = ctx->saved_data["in_forward"].toBool() ? scale_unit_grads(saved[0], saved[1], grad, grad)
+                                                          : _classifier_discrepancy_backward(grad, saved[0], saved[1]);
+    return {g1, g2, at::Tensor()};
   }
 };
 
 at::Tensor classifier_discrepancy_autograd(const at::Tensor& predictions1, const at::Tensor& predictions2) {
-  return ClassifierDiscrepancyFunction::apply(predictions1, predictions2);
+  // Decided here: Function::forward runs with grad mode off.
+  const bool in_forward = gradient_in_forward(predictions1, predictions2);
+  return ClassifierDiscrepancyFunction::apply(predictions1, predictions2, in_forward);
 }
 
 }  // namespace

@@ -3,14 +3,13 @@
 // (y_s and y_t get none, as in tllib where the argmax / y.detach() cut them off); the fused ops take
 // constant weights (hal_ext's Python front end routes weights that require grad to the generic path).
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/mul.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "ops/autograd/unit_grads.h"
 #include "ops/mdd.h"
 
 namespace hal_ext {
@@ -32,20 +31,6 @@ void check_constant_weight(const std::optional<at::Tensor>& w, const char* name)
 bool gradient_in_forward(const at::Tensor& y_s_adv, const at::Tensor& y_t_adv) {
   return y_s_adv.device().is_cpu() && mdd_detail::fused_grad_supported(y_s_adv) && at::GradMode::is_enabled() &&
          (y_s_adv.requires_grad() || y_t_adv.requires_grad());
-}
-
-// A 0-d CPU float/double tensor holding exactly 1 (the unit gradients are float/double CPU tensors).
-// Tensors whose value cannot be read here (fake tensors while tracing, functional or functorch
-// wrappers) count as "not 1".
-bool is_one(const at::Tensor& t) {
-  const c10::DispatchKeySet wrappers({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
-                                      c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
-  if (t.dim() != 0 || !t.device().is_cpu() || t.layout() != at::kStrided || t.key_set().has_any(wrappers)) {
-    return false;
-  }
-  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>() == 1.0f;
-  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>() == 1.0;
-  return false;
 }
 
 class ClassificationMddFunction : public torch::autograd::Function<ClassificationMddFunction> {
@@ -90,15 +75,7 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
                                           ctx->saved_data["reduction"].toInt());
     }
     // grad is 0-d, or per sample (N, d1..dk) for 'none': broadcast over the class dimension.
-    // When the graph is freed after this backward, the unit gradients are scaled in place: they
-    // are ours alone (never an op output), so no memory beyond them is needed; and a gradient of
-    // exactly 1 (the loss differentiated directly) leaves them as they are (x * 1 == x, bit for bit).
-    const at::Tensor scale = grad.dim() == 0 ? grad : grad.unsqueeze(1);
-    if (torch::autograd::get_current_graph_task_keep_graph()) {
-      return {at::mul(saved[0], scale), at::mul(saved[1], scale)};
-    }
-    if (is_one(grad)) return {saved[0], saved[1]};
-    return {saved[0].mul_(scale), saved[1].mul_(scale)};
+    return scale_unit_grads(saved[0], saved[1], grad, grad.dim() == 0 ? grad : grad.unsqueeze(1));
   }
 };
 

@@ -1,0 +1,42 @@
+#pragma once
+// Backward of the CPU forwards that write their gradients for a unit incoming gradient (classifier
+// discrepancy, classification MDD): the saved unit gradients scaled by the incoming gradient.
+// - The graph is kept (retain_graph / create_graph): scaled copies; the saved ones stay intact.
+// - Otherwise they are scaled in place: they are ours alone (never an op output), so no memory
+//   beyond them is needed; and an incoming gradient of exactly 1 (the loss differentiated directly)
+//   leaves them as they are (x * 1 == x, bit for bit).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mul.h>
+#include <c10/core/DispatchKeySet.h>
+#include <torch/csrc/autograd/graph_task.h>
+
+#include <tuple>
+
+namespace hal_ext {
+
+// A 0-d CPU float/double tensor holding exactly 1. Tensors whose value cannot be read here (fake
+// tensors while tracing, functional or functorch wrappers) count as "not 1".
+inline bool is_one(const at::Tensor& t) {
+  const c10::DispatchKeySet wrappers({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
+                                      c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
+  if (t.dim() != 0 || !t.device().is_cpu() || t.layout() != at::kStrided || t.key_set().has_any(wrappers)) {
+    return false;
+  }
+  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>() == 1.0f;
+  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>() == 1.0;
+  return false;
+}
+
+// grad: the incoming gradient; scale: grad shaped to broadcast against the unit gradients.
+inline std::tuple<at::Tensor, at::Tensor> scale_unit_grads(at::Tensor unit1, at::Tensor unit2, const at::Tensor& grad,
+                                                           const at::Tensor& scale) {
+  if (torch::autograd::get_current_graph_task_keep_graph()) {
+    return {at::mul(unit1, scale), at::mul(unit2, scale)};
+  }
+  if (is_one(grad)) return {unit1, unit2};
+  unit1.mul_(scale);
+  unit2.mul_(scale);
+  return {unit1, unit2};
+}
+
+}  // namespace hal_ext
