@@ -1,9 +1,7 @@
 // Autograd kernel of hal_ext::classifier_discrepancy: forward below autograd. For float/double
 // predictions on the CPU (cd_detail::fused_grad_supported) the forward also writes the unit gradients
 // in its one pass over the predictions, and the backward only scales them (unit_grads.h); elsewhere
-// the backward is hal_ext::_classifier_discrepancy_backward on the saved predictions (GPUs are
-// memory-bound, and a stored gradient would be one more pass).
-#include <ATen/core/grad_mode.h>
+// the backward is hal_ext::_classifier_discrepancy_backward on the saved predictions.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -15,11 +13,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-bool gradient_in_forward(const at::Tensor& predictions1, const at::Tensor& predictions2) {
-  return predictions1.device().is_cpu() && cd_detail::fused_grad_supported(predictions1) &&
-         at::GradMode::is_enabled() && (predictions1.requires_grad() || predictions2.requires_grad());
-}
 
 class ClassifierDiscrepancyFunction : public torch::autograd::Function<ClassifierDiscrepancyFunction> {
  public:
@@ -46,8 +39,8 @@ class ClassifierDiscrepancyFunction : public torch::autograd::Function<Classifie
 };
 
 at::Tensor classifier_discrepancy_autograd(const at::Tensor& predictions1, const at::Tensor& predictions2) {
-  // Decided here: Function::forward runs with grad mode off.
-  const bool in_forward = gradient_in_forward(predictions1, predictions2);
+  const bool in_forward =
+      unit_grads_in_forward(cd_detail::fused_grad_supported(predictions1), predictions1, predictions2);
   return ClassifierDiscrepancyFunction::apply(predictions1, predictions2, in_forward);
 }
 

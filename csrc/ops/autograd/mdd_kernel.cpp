@@ -2,7 +2,6 @@
 // autograd, backward through the `_..._backward` ops. Gradients flow to y_s_adv and y_t_adv only
 // (y_s and y_t get none, as in tllib where the argmax / y.detach() cut them off); the fused ops take
 // constant weights (hal_ext's Python front end routes weights that require grad to the generic path).
-#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -21,16 +20,6 @@ using torch::autograd::variable_list;
 void check_constant_weight(const std::optional<at::Tensor>& w, const char* name) {
   TORCH_CHECK_VALUE(!w.has_value() || !w->defined() || !w->requires_grad(), name,
                     " must not require grad in the fused MDD op (use MarginDisparityDiscrepancy for learned weights)");
-}
-
-// For logits the CPU forward can differentiate itself (mdd_detail::fused_grad_supported) the forward
-// also writes the unit gradients (it keeps its exponentials instead of the backward recomputing them:
-// exp dominates the CPU cost) and the backward scales them by the incoming gradient. Elsewhere the
-// backward recomputes from y_adv and the per-row statistics: GPUs are memory-bound, and a stored
-// gradient would be one more pass.
-bool gradient_in_forward(const at::Tensor& y_s_adv, const at::Tensor& y_t_adv) {
-  return y_s_adv.device().is_cpu() && mdd_detail::fused_grad_supported(y_s_adv) && at::GradMode::is_enabled() &&
-         (y_s_adv.requires_grad() || y_t_adv.requires_grad());
 }
 
 class ClassificationMddFunction : public torch::autograd::Function<ClassificationMddFunction> {
@@ -84,8 +73,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_autograd(
     const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
   check_constant_weight(w_s, "w_s");
   check_constant_weight(w_t, "w_t");
-  // Decided here: Function::forward runs with grad mode off.
-  const bool in_forward = gradient_in_forward(y_s_adv, y_t_adv);
+  // (N, C) float/double logits on the CPU: the forward keeps its exponentials as the unit gradients
+  // instead of the backward recomputing them (exp dominates the CPU cost).
+  const bool in_forward = unit_grads_in_forward(mdd_detail::fused_grad_supported(y_s_adv), y_s_adv, y_t_adv);
   auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, in_forward);
   return {out[0], out[1], out[2]};
 }

@@ -1,11 +1,13 @@
 #pragma once
-// Backward of the CPU forwards that write their gradients for a unit incoming gradient (classifier
-// discrepancy, classification MDD): the saved unit gradients scaled by the incoming gradient.
+// The CPU forwards that write their gradients for a unit incoming gradient (classifier discrepancy,
+// classification MDD): when to, and the backward that scales the saved unit gradients by the
+// incoming gradient.
 // - The graph is kept (retain_graph / create_graph): scaled copies; the saved ones stay intact.
 // - Otherwise they are scaled in place: they are ours alone (never an op output), so no memory
 //   beyond them is needed; and an incoming gradient of exactly 1 (the loss differentiated directly)
 //   leaves them as they are (x * 1 == x, bit for bit).
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/mul.h>
 #include <c10/core/DispatchKeySet.h>
 #include <torch/csrc/autograd/graph_task.h>
@@ -13,6 +15,15 @@
 #include <tuple>
 
 namespace hal_ext {
+
+// Whether the forward should write the unit gradients: the CPU kernel can (`kernel_supports`, the op's
+// fused_grad_supported) and a gradient will be asked for. Decided before Function::apply, whose
+// forward runs with grad mode off. Elsewhere the backward recomputes from the saved inputs: GPUs are
+// memory-bound, and a stored gradient would be one more pass.
+inline bool unit_grads_in_forward(bool kernel_supports, const at::Tensor& a, const at::Tensor& b) {
+  return kernel_supports && a.device().is_cpu() && at::GradMode::is_enabled() &&
+         (a.requires_grad() || b.requires_grad());
+}
 
 // A 0-d CPU float/double tensor holding exactly 1. Tensors whose value cannot be read here (fake
 // tensors while tracing, functional or functorch wrappers) count as "not 1".
