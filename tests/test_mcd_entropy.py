@@ -55,6 +55,26 @@ def test_zero_columns_value(device):
     assert torch.allclose(entropy(p), -torch.log(torch.tensor(1e-6, dtype=torch.float64, device=device)))
 
 
+@pytest.mark.skipif(not NATIVE, reason="the broadcast gradient is the native op's layout")
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_is_one_broadcast_row(device):
+    """Every row of the gradient is the same: the backward writes one row and returns it expanded over
+    the batch (stride 0). A leaf's .grad still gets a dense tensor, and accumulates."""
+    p = torch.rand(64, 10, 3, device=device, requires_grad=True)
+    expected = torch.autograd.grad(reference.entropy(p.double()), [p])[0]
+    (grad,) = torch.autograd.grad(entropy(p), [p])
+    assert grad.shape == p.shape and grad.stride() == (0, 3, 1)
+    assert_close(grad, expected, torch.float32, "autograd.grad")
+    entropy(p).backward()
+    assert p.grad.is_contiguous()
+    assert_close(p.grad, expected, torch.float32, ".grad")
+    entropy(p).mul(2).backward()
+    assert_close(p.grad, 3 * expected, torch.float32, "accumulated .grad")
+    logits = torch.randn(64, 10, device=device, requires_grad=True)  # through softmax, as in MCD
+    expected = torch.autograd.grad(reference.entropy(logits.double().softmax(1)), [logits])[0]
+    assert_close(torch.autograd.grad(entropy(logits.softmax(1)), [logits])[0], expected, torch.float32, "softmax")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck(device):
     for shape in [(6, 7), (5,), (3, 2, 4)]:

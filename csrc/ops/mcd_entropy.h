@@ -10,7 +10,9 @@ namespace hal_ext {
 // dtype (float32 for float16/bfloat16 inputs).
 std::tuple<at::Tensor, at::Tensor> mcd_entropy(const at::Tensor& predictions);
 
-// The gradient of the predictions, shape (batch_size, *column_means.shape), dtype of grad.
+// One row of the predictions' gradient, shape column_means.shape, dtype of grad: every row of the
+// gradient is the same, so the autograd kernel returns this row broadcast over the batch (stride 0,
+// as torch's own sum backward): the backward writes M elements, not N * M. batch_size is N.
 at::Tensor _mcd_entropy_backward(const at::Tensor& grad, const at::Tensor& column_means, c10::SymInt batch_size);
 
 }  // namespace hal_ext

@@ -1,5 +1,5 @@
 """hal_ext::mcd_entropy: -mean_k log(mean_i p[i, k] + 1e-6), fused forward (which also returns the
-column means) and a backward that only writes the gradient."""
+column means) and a backward that writes one gradient row, which autograd broadcasts over the batch."""
 import torch
 
 from .. import _native
@@ -17,7 +17,7 @@ if _native.native_available():
 
     @torch.library.register_fake("hal_ext::_mcd_entropy_backward")
     def _(grad, column_means, batch_size):
-        return column_means.new_empty((batch_size, *column_means.shape), dtype=grad.dtype)
+        return column_means.new_empty(column_means.shape, dtype=grad.dtype)
 
     _OP = torch.ops.hal_ext.mcd_entropy.default
 else:

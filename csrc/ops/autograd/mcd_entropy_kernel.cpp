@@ -1,8 +1,12 @@
 // Autograd kernel of hal_ext::mcd_entropy: forward below autograd (it also returns the column means,
 // a non-differentiable output), backward through hal_ext::_mcd_entropy_backward, which needs only the
-// column means and the batch size (the predictions are not saved).
+// column means and the batch size (the predictions are not saved) and writes one gradient row. The row
+// is returned expanded over the batch (a stride-0 view, like torch's sum backward); a leaf's .grad gets
+// a contiguous copy from autograd's accumulation.
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "ops/mcd_entropy.h"
 
@@ -25,7 +29,11 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
                                                  const torch::autograd::variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     if (!grad_outputs[0].defined()) return {at::Tensor()};  // not materialised: zero
-    return {_mcd_entropy_backward(grad_outputs[0], saved[0], ctx->saved_data["batch_size"].toSymInt())};
+    const c10::SymInt batch_size = ctx->saved_data["batch_size"].toSymInt();
+    const at::Tensor row = _mcd_entropy_backward(grad_outputs[0], saved[0], batch_size);
+    std::vector<c10::SymInt> sizes{batch_size};
+    sizes.insert(sizes.end(), row.sym_sizes().begin(), row.sym_sizes().end());
+    return {row.expand_symint(sizes)};
   }
 };
 

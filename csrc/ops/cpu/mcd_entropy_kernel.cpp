@@ -2,8 +2,8 @@
 //   H(p) = -(1/M) sum_k log(m_k + 1e-6),  m_k = (1/N) sum_i p[i, k];  dH/dp[i, k] = -g / (M N (m_k + 1e-6))
 // Forward: column sums over fixed row blocks x column chunks (the partition depends only on the shape,
 // never on the thread count), block partials added in block order, then the vectorised log terms summed
-// per column chunk and the chunk sums added in order: bitwise reproducible. Backward: one pass that
-// writes the per-column gradient into every row.
+// per column chunk and the chunk sums added in order: bitwise reproducible. Backward: the per-column
+// gradient written once: the row that the autograd kernel broadcasts over the batch.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -11,7 +11,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "common/checks.h"
@@ -79,6 +78,13 @@ acc_t means_and_log_sum(const acc_t* partial, int64_t blocks, int64_t m, int64_t
   return log_sum;
 }
 
+// The one stored row of the gradient: o[k] = -g / (M N (m_k + 1e-6)).
+template <typename scalar_t, typename acc_t>
+void column_grads(acc_t g_over_mn, const acc_t* mean, int64_t m, scalar_t* o) {
+  HAL_SIMD
+  for (int64_t k = 0; k < m; ++k) o[k] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, mean[k]));
+}
+
 int64_t row_size(const at::Tensor& t) {
   int64_t m = 1;
   for (int64_t d = 1; d < t.dim(); ++d) m *= t.size(d);
@@ -135,22 +141,13 @@ at::Tensor mcd_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& co
   check_mcd_entropy_backward_input(grad, column_means, batch_size);
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
-  std::vector<int64_t> sizes{n};
-  sizes.insert(sizes.end(), means.sizes().begin(), means.sizes().end());
-  at::Tensor out = at::empty(sizes, means.options().dtype(grad.scalar_type()));
+  at::Tensor out = at::empty(means.sizes(), means.options().dtype(grad.scalar_type()));
   if (n == 0 || m == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mcd_entropy_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t g_over_mn = grad.item<acc_t>() / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
-    const acc_t* mean = means.const_data_ptr<acc_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    // Row 0 gets the per-column gradient; every other row is a copy of it.
-    HAL_SIMD
-    for (int64_t k = 0; k < m; ++k) o[k] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, mean[k]));
-    const int64_t grain = std::max<int64_t>(1, kParallelMin / m);
-    at::parallel_for(1, n, grain, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) std::memcpy(o + i * m, o, m * sizeof(scalar_t));
-    });
+    const acc_t g = static_cast<acc_t>(*grad.const_data_ptr<scalar_t>());
+    const acc_t g_over_mn = g / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
+    column_grads(g_over_mn, means.const_data_ptr<acc_t>(), m, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }

@@ -3,15 +3,14 @@
 // Forward, up to kDirectRows rows: ONE launch of the deterministic ordered sum over the M columns, each
 // term summing its column over the rows (coalesced across threads), writing m_k and returning the log
 // term. More rows: a first kernel writes per-row-split column sums, which the terms then add in split
-// order. No atomics: bitwise reproducible. Backward: one elementwise launch that reads g on the device.
+// order. No atomics: bitwise reproducible. Backward: one launch that reads g on the device and writes
+// the M-element gradient row that the autograd kernel broadcasts over the batch.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-
-#include <vector>
 
 #include "common/checks.h"
 #include "common/cuda_reduce.cuh"
@@ -68,10 +67,9 @@ template <typename scalar_t, typename acc_t>
 __global__ void mcd_entropy_backward_kernel(const scalar_t* grad, const acc_t* means, scalar_t* out, int64_t n,
                                             int64_t m) {
   const acc_t g_over_mn = static_cast<acc_t>(*grad) / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
-  const int64_t total = n * m;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    out[i] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, means[i % m]));
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < m; k += stride) {
+    out[k] = static_cast<scalar_t>(math::grad<acc_t>(g_over_mn, means[k]));
   }
 }
 
@@ -112,19 +110,17 @@ at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& c
   c10::cuda::CUDAGuard guard(column_means.device());
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
-  std::vector<int64_t> sizes{n};
-  sizes.insert(sizes.end(), means.sizes().begin(), means.sizes().end());
-  at::Tensor out = at::empty(sizes, means.options().dtype(grad.scalar_type()));
+  at::Tensor out = at::empty(means.sizes(), means.options().dtype(grad.scalar_type()));
   if (n == 0 || m == 0) return out;
   const at::Tensor g = grad.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mcd_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    mcd_entropy_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n * m, kThreads), kThreads, 0, stream>>>(
+    mcd_entropy_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(m, kThreads), kThreads, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out};
+  return out;
 }
 
 }  // namespace
