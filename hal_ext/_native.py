@@ -42,6 +42,29 @@ if not _LOADED:
     warnings.warn(f"hal_ext: native kernels unavailable ({_REASON}); using the pure-torch reference implementation",
                   RuntimeWarning, stacklevel=2)
 
+_DIRECT = None
+if _LOADED:
+    # The same library is also a Python module of direct entry points (csrc/python/direct_calls.cpp);
+    # a library from before they existed still serves every op through torch.ops.
+    try:
+        from . import _C as _DIRECT
+    except ImportError:
+        pass
+
+_is_compiling = torch.compiler.is_compiling
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+
+
+def direct_calls():
+    """The module of direct entry points of the overhead-bound ops (``hal_ext._C``) when the call at hand
+    may use it, else None: the native library must be loaded, torch.compile must not be tracing (it
+    needs the ``torch.ops`` route to see the operator) and no torch-function mode may be active (the
+    ``torch.ops`` route is what honours them). The caller still checks its arguments are exact
+    ``torch.Tensor`` objects (subclasses take the ``torch.ops`` route as well)."""
+    if _DIRECT is None or _is_compiling() or _torch_function_mode_enabled():
+        return None
+    return _DIRECT
+
 
 def native_available():
     """True when the compiled ``torch.ops.hal_ext`` operators are loaded."""

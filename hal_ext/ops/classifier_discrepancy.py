@@ -31,7 +31,11 @@ def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tenso
     if (_OP is not None and type(predictions1) is torch.Tensor and type(predictions2) is torch.Tensor
             and predictions1.dtype == predictions2.dtype and predictions1.dtype in SUPPORTED_DTYPES
             and predictions1.shape == predictions2.shape):
-        return _OP(predictions1, predictions2)  # the common call (the operator checks the devices)
+        # the common call (the operator checks the devices)
+        direct = _native.direct_calls()
+        if direct is not None:
+            return direct.classifier_discrepancy(predictions1, predictions2)
+        return _OP(predictions1, predictions2)
     check_float_tensor(predictions1, "predictions1")
     check_paired(predictions1, "predictions1", predictions2, "predictions2")
     predictions1, predictions2 = same_dtype(predictions1, predictions2)

@@ -36,6 +36,9 @@ def regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=1., lo
     kind = LOSS_KINDS.get(loss_function)
     if kind is not None and _OP is not None and type(margin) in (int, float) \
             and _mdd_routing.fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t):
+        direct = _native.direct_calls()
+        if direct is not None:
+            return direct.regression_mdd(y_s, y_s_adv, y_t, y_t_adv, float(margin), kind, code)
         return _OP(y_s, y_s_adv, y_t, y_t_adv, None, None, float(margin), kind, code)
     fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=False)
     if fused and kind is not None and _OP is not None:

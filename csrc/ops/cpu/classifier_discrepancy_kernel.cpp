@@ -82,9 +82,10 @@ std::tuple<at::Tensor, at::Tensor> classifier_discrepancy_backward_cpu(const at:
   const at::Tensor p1 = predictions1.contiguous(), p2 = predictions2.contiguous();
   const int64_t n = p1.numel();
   at::Tensor g1 = at::empty_like(p1), g2 = at::empty_like(p2);
+  const at::Tensor g = grad.to(p1.scalar_type());  // itself for autograd's grads
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p1.scalar_type(), "classifier_discrepancy_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t g_over_n = grad.item<acc_t>() / static_cast<acc_t>(n);
+    const acc_t g_over_n = static_cast<acc_t>(*g.const_data_ptr<scalar_t>()) / static_cast<acc_t>(n);
     const scalar_t* a = p1.const_data_ptr<scalar_t>();
     const scalar_t* b = p2.const_data_ptr<scalar_t>();
     scalar_t* o1 = g1.mutable_data_ptr<scalar_t>();
