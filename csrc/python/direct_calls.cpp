@@ -6,8 +6,12 @@
 // handle straight from the CPython arguments and wraps the loss alone: about 5 us less per forward on
 // the 2-core CPU machine, 10% of a small loss's forward+backward. Every dispatch key still applies
 // (Autograd, CUDA, Python dispatch modes, functorch), since the call goes through the dispatcher.
-// The Python wrappers (hal_ext/ops) use these for exact torch.Tensor arguments only, and never while
-// torch.compile traces or a torch-function mode is active: those need the torch.ops route.
+//
+// Each entry point takes the op's common call only: exact torch.Tensor arguments (no subclasses) of
+// one supported floating dtype and one shape, plain int/float scalars. For anything else it returns
+// None without calling the op, and the Python wrapper (hal_ext/ops) validates the arguments (errors
+// that name them) and routes the call. The wrappers never call these while torch.compile traces or a
+// torch-function mode is active: those need the torch.ops route.
 #include <Python.h>
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +23,7 @@
 #include <tuple>
 #include <utility>
 
+#include "common/checks.h"
 #include "ops/classifier_discrepancy.h"
 #include "ops/mcd_entropy.h"
 #include "ops/mdd.h"
@@ -43,90 +48,102 @@ void check_arg_count(const char* op, Py_ssize_t nargs, Py_ssize_t expected) {
   TORCH_CHECK_TYPE(nargs == expected, "hal_ext._C.", op, " takes ", expected, " positional arguments, got ", nargs);
 }
 
-const at::Tensor& tensor_arg(PyObject* arg, const char* name) {
-  TORCH_CHECK_TYPE(THPVariable_Check(arg), name, " must be a torch.Tensor, got ", Py_TYPE(arg)->tp_name);
-  return THPVariable_Unpack(arg);
+// The common call's tensors: `count` exact torch.Tensor objects of one supported dtype and one shape.
+bool plain_and_alike(PyObject* const* args, Py_ssize_t count) {
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    if (!THPVariable_CheckExact(args[i])) return false;
+  }
+  const at::Tensor& first = THPVariable_Unpack(args[0]);
+  if (!is_supported_float(first.scalar_type())) return false;
+  for (Py_ssize_t i = 1; i < count; ++i) {
+    const at::Tensor& t = THPVariable_Unpack(args[i]);
+    if (t.scalar_type() != first.scalar_type() || t.sizes() != first.sizes()) return false;
+  }
+  return true;
 }
 
-double float_arg(PyObject* arg, const char* name) {
-  TORCH_CHECK_TYPE(PyFloat_Check(arg) || PyLong_Check(arg), name, " must be a number, got ", Py_TYPE(arg)->tp_name);
-  const double value = PyFloat_AsDouble(arg);
+// An exact Python float or int (not bool, not a subclass) as a double.
+std::optional<double> plain_number(PyObject* arg) {
+  if (PyFloat_CheckExact(arg)) return PyFloat_AS_DOUBLE(arg);
+  if (!PyLong_CheckExact(arg)) return std::nullopt;
+  const double value = PyLong_AsDouble(arg);
   if (value == -1.0 && PyErr_Occurred()) throw python_error();
   return value;
 }
 
-int64_t int_arg(PyObject* arg, const char* name) {
-  TORCH_CHECK_TYPE(PyLong_Check(arg), name, " must be an int, got ", Py_TYPE(arg)->tp_name);
+// An exact Python int: the wrappers' own reduction and loss codes.
+int64_t code_arg(PyObject* arg, const char* name) {
+  TORCH_CHECK_TYPE(PyLong_CheckExact(arg), name, " must be an int, got ", Py_TYPE(arg)->tp_name);
   const long long value = PyLong_AsLongLong(arg);
   if (value == -1 && PyErr_Occurred()) throw python_error();
   return value;
 }
 
-// classifier_discrepancy(predictions1, predictions2) -> loss
+PyObject* wrap_loss(at::Tensor loss) { return THPVariable_Wrap(std::move(loss)); }
+
+// classifier_discrepancy(predictions1, predictions2) -> loss, or None
 PyObject* classifier_discrepancy_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_arg_count("classifier_discrepancy", nargs, 2);
-  const at::Tensor& p1 = tensor_arg(args[0], "predictions1");
-  const at::Tensor& p2 = tensor_arg(args[1], "predictions2");
+  if (!plain_and_alike(args, 2)) Py_RETURN_NONE;
   at::Tensor loss;
   {
     GilRelease no_gil;
-    loss = classifier_discrepancy(p1, p2);
+    loss = classifier_discrepancy(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]));
   }
-  return THPVariable_Wrap(std::move(loss));
+  return wrap_loss(std::move(loss));
   END_HANDLE_TH_ERRORS
 }
 
-// mcd_entropy(predictions) -> loss (the column means the op also returns stay in the autograd graph)
+// mcd_entropy(predictions) -> loss, or None (the column means the op also returns stay in the graph)
 PyObject* mcd_entropy_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_arg_count("mcd_entropy", nargs, 1);
-  const at::Tensor& p = tensor_arg(args[0], "predictions");
+  if (!plain_and_alike(args, 1) || THPVariable_Unpack(args[0]).dim() < 1) Py_RETURN_NONE;
   at::Tensor loss;
   {
     GilRelease no_gil;
-    loss = std::get<0>(mcd_entropy(p));
+    loss = std::get<0>(mcd_entropy(THPVariable_Unpack(args[0])));
   }
-  return THPVariable_Wrap(std::move(loss));
+  return wrap_loss(std::move(loss));
   END_HANDLE_TH_ERRORS
 }
 
-// classification_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, reduction) -> loss, without weights
+// classification_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, reduction) -> loss, or None; no weights.
+// The common call also has at least one class (dim 1) in its (N, C, ...) logits.
 PyObject* classification_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_arg_count("classification_mdd", nargs, 6);
-  const at::Tensor& y_s = tensor_arg(args[0], "y_s");
-  const at::Tensor& y_s_adv = tensor_arg(args[1], "y_s_adv");
-  const at::Tensor& y_t = tensor_arg(args[2], "y_t");
-  const at::Tensor& y_t_adv = tensor_arg(args[3], "y_t_adv");
-  const double margin = float_arg(args[4], "margin");
-  const int64_t reduction = int_arg(args[5], "reduction");
+  const int64_t reduction = code_arg(args[5], "reduction");
+  const std::optional<double> margin = plain_number(args[4]);
+  if (!margin || !plain_and_alike(args, 4)) Py_RETURN_NONE;
+  const at::Tensor& y_s = THPVariable_Unpack(args[0]);
+  if (y_s.dim() < 2 || y_s.size(1) == 0) Py_RETURN_NONE;
   at::Tensor loss;
   {
     GilRelease no_gil;
-    loss = std::get<0>(classification_mdd(y_s, y_s_adv, y_t, y_t_adv, std::nullopt, std::nullopt, margin, reduction));
+    loss = std::get<0>(classification_mdd(y_s, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+                                          THPVariable_Unpack(args[3]), std::nullopt, std::nullopt, *margin, reduction));
   }
-  return THPVariable_Wrap(std::move(loss));
+  return wrap_loss(std::move(loss));
   END_HANDLE_TH_ERRORS
 }
 
-// regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, loss_kind, reduction) -> loss, without weights
+// regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, loss_kind, reduction) -> loss, or None; no weights
 PyObject* regression_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_arg_count("regression_mdd", nargs, 7);
-  const at::Tensor& y_s = tensor_arg(args[0], "y_s");
-  const at::Tensor& y_s_adv = tensor_arg(args[1], "y_s_adv");
-  const at::Tensor& y_t = tensor_arg(args[2], "y_t");
-  const at::Tensor& y_t_adv = tensor_arg(args[3], "y_t_adv");
-  const double margin = float_arg(args[4], "margin");
-  const int64_t loss_kind = int_arg(args[5], "loss_kind");
-  const int64_t reduction = int_arg(args[6], "reduction");
+  const int64_t loss_kind = code_arg(args[5], "loss_kind");
+  const int64_t reduction = code_arg(args[6], "reduction");
+  const std::optional<double> margin = plain_number(args[4]);
+  if (!margin || !plain_and_alike(args, 4)) Py_RETURN_NONE;
   at::Tensor loss;
   {
     GilRelease no_gil;
-    loss = regression_mdd(y_s, y_s_adv, y_t, y_t_adv, std::nullopt, std::nullopt, margin, loss_kind, reduction);
+    loss = regression_mdd(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+                          THPVariable_Unpack(args[3]), std::nullopt, std::nullopt, *margin, loss_kind, reduction);
   }
-  return THPVariable_Wrap(std::move(loss));
+  return wrap_loss(std::move(loss));
   END_HANDLE_TH_ERRORS
 }
 
@@ -137,12 +154,14 @@ PyCFunction as_method(FastCall function) { return reinterpret_cast<PyCFunction>(
 
 PyMethodDef direct_call_methods[] = {
     {"classifier_discrepancy", as_method(classifier_discrepancy_direct), METH_FASTCALL,
-     "classifier_discrepancy(predictions1, predictions2) -> loss"},
-    {"mcd_entropy", as_method(mcd_entropy_direct), METH_FASTCALL, "mcd_entropy(predictions) -> loss"},
+     "classifier_discrepancy(predictions1, predictions2) -> loss, or None for an uncommon call"},
+    {"mcd_entropy", as_method(mcd_entropy_direct), METH_FASTCALL,
+     "mcd_entropy(predictions) -> loss, or None for an uncommon call"},
     {"classification_mdd", as_method(classification_mdd_direct), METH_FASTCALL,
-     "classification_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, reduction) -> loss"},
+     "classification_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, reduction) -> loss, or None for an uncommon call"},
     {"regression_mdd", as_method(regression_mdd_direct), METH_FASTCALL,
-     "regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, loss_kind, reduction) -> loss"},
+     "regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, loss_kind, reduction) -> loss, or None for an uncommon "
+     "call"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef direct_call_module = {

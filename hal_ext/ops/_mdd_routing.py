@@ -70,15 +70,6 @@ def route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification):
             and y_s_adv.dtype == dtype and y_t.dtype == dtype and y_t_adv.dtype == dtype)
 
 
-def fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t):
-    """Cheap test for the common call (no weights, four tensors of one shape and dtype): the operator's
-    own checks then cover the rest."""
-    return (w_s is None and w_t is None and type(y_s) is torch.Tensor and type(y_s_adv) is torch.Tensor
-            and type(y_t) is torch.Tensor and type(y_t_adv) is torch.Tensor
-            and y_s.shape == y_s_adv.shape == y_t.shape == y_t_adv.shape
-            and y_s.dtype == y_s_adv.dtype == y_t.dtype == y_t_adv.dtype)
-
-
 def check_devices(*tensors):
     """The fake kernels' device check (the native kernels check devices themselves)."""
     for t, name in zip(tensors[1:], _NAMES[1:]):

@@ -40,11 +40,11 @@ def classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=4.
     """``-margin * CE(y_s_adv, argmax y_s) * w_s + shift_log(1 - softmax(y_t_adv)[argmax y_t]) * w_t``,
     reduced. See :class:`hal_ext.alignment.mdd.ClassificationMarginDisparityDiscrepancy`."""
     code = reduction_code(reduction)
-    if _OP is not None and _mdd_routing.fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t) and type(margin) in (int, float):
-        direct = _native.direct_calls()
-        if direct is not None:
-            return direct.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, float(margin), code)
-        return _OP(y_s, y_s_adv, y_t, y_t_adv, None, None, float(margin), code)[0]
+    direct = _native.direct_calls()
+    if direct is not None and w_s is None and w_t is None:
+        loss = direct.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, code)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return loss
     fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=True)
     if fused and _OP is not None:
         return _OP(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, float(margin), code)[0]

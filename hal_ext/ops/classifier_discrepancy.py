@@ -2,7 +2,7 @@
 import torch
 
 from .. import _native
-from .._validation import SUPPORTED_DTYPES, check_float_tensor, check_paired, same_dtype
+from .._validation import check_float_tensor, check_paired, same_dtype
 from ..reference import mcd as reference
 
 if _native.native_available():
@@ -28,14 +28,11 @@ else:
 
 
 def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tensor) -> torch.Tensor:
-    if (_OP is not None and type(predictions1) is torch.Tensor and type(predictions2) is torch.Tensor
-            and predictions1.dtype == predictions2.dtype and predictions1.dtype in SUPPORTED_DTYPES
-            and predictions1.shape == predictions2.shape):
-        # the common call (the operator checks the devices)
-        direct = _native.direct_calls()
-        if direct is not None:
-            return direct.classifier_discrepancy(predictions1, predictions2)
-        return _OP(predictions1, predictions2)
+    direct = _native.direct_calls()
+    if direct is not None:
+        loss = direct.classifier_discrepancy(predictions1, predictions2)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return loss
     check_float_tensor(predictions1, "predictions1")
     check_paired(predictions1, "predictions1", predictions2, "predictions2")
     predictions1, predictions2 = same_dtype(predictions1, predictions2)

@@ -3,7 +3,7 @@ column means) and a backward that writes one gradient row, which autograd broadc
 import torch
 
 from .. import _native
-from .._validation import SUPPORTED_DTYPES, check_float_tensor, check_min_dim
+from .._validation import check_float_tensor, check_min_dim
 from ..reference import mcd as reference
 
 _ACC_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -25,11 +25,11 @@ else:
 
 
 def mcd_entropy(predictions: torch.Tensor) -> torch.Tensor:
-    if (_OP is not None and type(predictions) is torch.Tensor and predictions.dtype in SUPPORTED_DTYPES
-            and predictions.dim() >= 1):  # the common call
-        direct = _native.direct_calls()
-        if direct is not None:
-            return direct.mcd_entropy(predictions)
+    direct = _native.direct_calls()
+    if direct is not None:
+        loss = direct.mcd_entropy(predictions)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return loss
     check_float_tensor(predictions, "predictions")
     check_min_dim(predictions, "predictions", 1, "(N, *)")
     if _OP is not None:

@@ -34,12 +34,11 @@ def regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=1., lo
     reduction='none')``, reduced. See :class:`hal_ext.alignment.mdd.RegressionMarginDisparityDiscrepancy`."""
     code = reduction_code(reduction)
     kind = LOSS_KINDS.get(loss_function)
-    if kind is not None and _OP is not None and type(margin) in (int, float) \
-            and _mdd_routing.fast_path(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t):
-        direct = _native.direct_calls()
-        if direct is not None:
-            return direct.regression_mdd(y_s, y_s_adv, y_t, y_t_adv, float(margin), kind, code)
-        return _OP(y_s, y_s_adv, y_t, y_t_adv, None, None, float(margin), kind, code)
+    direct = _native.direct_calls()
+    if direct is not None and kind is not None and w_s is None and w_t is None:
+        loss = direct.regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, kind, code)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return loss
     fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=False)
     if fused and kind is not None and _OP is not None:
         return _OP(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, float(margin), kind, code)
