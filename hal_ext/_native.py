@@ -53,15 +53,26 @@ if _LOADED:
 
 _is_compiling = torch.compiler.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_functorch_transforms_active = torch._C._are_functorch_transforms_active
+
+
+def native_route():
+    """Whether the call at hand may use the native operators: the library is loaded and no ``torch.func``
+    transform (grad, vjp, jacrev, vmap...) is active. The C++ autograd kernels cannot run under those
+    transforms; the pure-torch reference gives them the gradients and batching rules they need.
+    (torch.compile, which cannot trace the functorch query, sees the native operators.)"""
+    if _is_compiling():
+        return _LOADED
+    return _LOADED and not _functorch_transforms_active()
 
 
 def direct_calls():
     """The module of direct entry points of the overhead-bound ops (``hal_ext._C``) when the call at hand
     may use it, else None: the native library must be loaded, torch.compile must not be tracing (it
-    needs the ``torch.ops`` route to see the operator) and no torch-function mode may be active (the
-    ``torch.ops`` route is what honours them). The caller still checks its arguments are exact
-    ``torch.Tensor`` objects (subclasses take the ``torch.ops`` route as well)."""
-    if _DIRECT is None or _is_compiling() or _torch_function_mode_enabled():
+    needs the ``torch.ops`` route to see the operator), no torch-function mode may be active (the
+    ``torch.ops`` route is what honours them) and no ``torch.func`` transform (see `native_route`).
+    The entry points themselves take only exact ``torch.Tensor`` arguments (csrc/python/direct_calls.cpp)."""
+    if _DIRECT is None or _is_compiling() or _torch_function_mode_enabled() or _functorch_transforms_active():
         return None
     return _DIRECT
 

@@ -206,7 +206,7 @@ class RegressionDisparity(nn.Module):
         from ..ops.regression_disparity import regression_disparity
 
         generator, criterion = self.pseudo_label_generator, self.criterion
-        if not _native.native_available() or not isinstance(y, torch.Tensor) or not isinstance(y_adv, torch.Tensor):
+        if not _native.native_route() or not isinstance(y, torch.Tensor) or not isinstance(y_adv, torch.Tensor):
             return None
         if type(generator) is PseudoLabelGenerator2d:
             kind = "truncated"

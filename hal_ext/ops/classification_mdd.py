@@ -46,6 +46,6 @@ def classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=4.
         if loss is not None:  # the common call; the rest is validated and routed below
             return loss
     fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=True)
-    if fused and _OP is not None:
+    if fused and _native.native_route():
         return _OP(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, float(margin), code)[0]
     return reference.classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction)

@@ -36,6 +36,6 @@ def classifier_discrepancy(predictions1: torch.Tensor, predictions2: torch.Tenso
     check_float_tensor(predictions1, "predictions1")
     check_paired(predictions1, "predictions1", predictions2, "predictions2")
     predictions1, predictions2 = same_dtype(predictions1, predictions2)
-    if _OP is not None:
+    if _native.native_route():
         return _OP(predictions1, predictions2)
     return reference.classifier_discrepancy(predictions1, predictions2)

@@ -70,7 +70,7 @@ def check_inputs(output, target, target_weight):
 def _fused(output, target, target_weight):
     """The fused ops give a gradient to `output` only; a target or weight that needs one goes to the
     reference composition (tllib's gradients for them)."""
-    if not _native.native_available():
+    if not _native.native_route():
         return False
     if torch.is_grad_enabled() and (target.requires_grad
                                     or (target_weight is not None and target_weight.requires_grad)):

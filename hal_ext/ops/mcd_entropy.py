@@ -32,6 +32,6 @@ def mcd_entropy(predictions: torch.Tensor) -> torch.Tensor:
             return loss
     check_float_tensor(predictions, "predictions")
     check_min_dim(predictions, "predictions", 1, "(N, *)")
-    if _OP is not None:
+    if _native.native_route():
         return _OP(predictions)[0]
     return reference.entropy(predictions)

@@ -40,6 +40,6 @@ def regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s=None, w_t=None, margin=1., lo
         if loss is not None:  # the common call; the rest is validated and routed below
             return loss
     fused = _mdd_routing.route(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, classification=False)
-    if fused and kind is not None and _OP is not None:
+    if fused and kind is not None and _native.native_route():
         return _OP(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, float(margin), kind, code)
     return reference.regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_function, reduction)

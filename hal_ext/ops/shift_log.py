@@ -39,6 +39,6 @@ def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
     check_float_tensor(x, "x")
     if not offset > 0:
         raise ValueError(f"offset must be > 0, got {offset!r}")
-    if _native.native_available():
-        return torch.ops.hal_ext.shift_log(x, offset)
+    if _native.native_route():
+        return torch.ops.hal_ext.shift_log.default(x, float(offset))
     return reference.shift_log(x, offset)
