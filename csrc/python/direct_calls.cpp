@@ -11,7 +11,8 @@
 // one supported floating dtype and one shape, plain int/float scalars. For anything else it returns
 // None without calling the op, and the Python wrapper (hal_ext/ops) validates the arguments (errors
 // that name them) and routes the call. The wrappers never call these while torch.compile traces or a
-// torch-function mode is active: those need the torch.ops route.
+// torch-function mode is active (those need the torch.ops route), nor under a torch.func transform
+// (which takes the pure-torch reference, see hal_ext/_native.py).
 #include <Python.h>
 
 #include <ATen/core/Tensor.h>
