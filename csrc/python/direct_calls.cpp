@@ -80,19 +80,24 @@ int64_t code_arg(PyObject* arg, const char* name) {
   return value;
 }
 
-PyObject* wrap_loss(at::Tensor loss) { return THPVariable_Wrap(std::move(loss)); }
+// Runs `op` (which returns the loss) with the GIL released and wraps the loss for Python.
+template <typename Op>
+PyObject* loss_without_gil(const Op& op) {
+  at::Tensor loss;
+  {
+    GilRelease no_gil;
+    loss = op();
+  }
+  return THPVariable_Wrap(std::move(loss));
+}
 
 // classifier_discrepancy(predictions1, predictions2) -> loss, or None
 PyObject* classifier_discrepancy_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_arg_count("classifier_discrepancy", nargs, 2);
   if (!plain_and_alike(args, 2)) Py_RETURN_NONE;
-  at::Tensor loss;
-  {
-    GilRelease no_gil;
-    loss = classifier_discrepancy(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]));
-  }
-  return wrap_loss(std::move(loss));
+  return loss_without_gil(
+      [&] { return classifier_discrepancy(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1])); });
   END_HANDLE_TH_ERRORS
 }
 
@@ -101,12 +106,7 @@ PyObject* mcd_entropy_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   HANDLE_TH_ERRORS
   check_arg_count("mcd_entropy", nargs, 1);
   if (!plain_and_alike(args, 1) || THPVariable_Unpack(args[0]).dim() < 1) Py_RETURN_NONE;
-  at::Tensor loss;
-  {
-    GilRelease no_gil;
-    loss = std::get<0>(mcd_entropy(THPVariable_Unpack(args[0])));
-  }
-  return wrap_loss(std::move(loss));
+  return loss_without_gil([&] { return std::get<0>(mcd_entropy(THPVariable_Unpack(args[0]))); });
   END_HANDLE_TH_ERRORS
 }
 
@@ -120,13 +120,10 @@ PyObject* classification_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t
   if (!margin || !plain_and_alike(args, 4)) Py_RETURN_NONE;
   const at::Tensor& y_s = THPVariable_Unpack(args[0]);
   if (y_s.dim() < 2 || y_s.size(1) == 0) Py_RETURN_NONE;
-  at::Tensor loss;
-  {
-    GilRelease no_gil;
-    loss = std::get<0>(classification_mdd(y_s, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+  return loss_without_gil([&] {
+    return std::get<0>(classification_mdd(y_s, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
                                           THPVariable_Unpack(args[3]), std::nullopt, std::nullopt, *margin, reduction));
-  }
-  return wrap_loss(std::move(loss));
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -138,13 +135,10 @@ PyObject* regression_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t nar
   const int64_t reduction = code_arg(args[6], "reduction");
   const std::optional<double> margin = plain_number(args[4]);
   if (!margin || !plain_and_alike(args, 4)) Py_RETURN_NONE;
-  at::Tensor loss;
-  {
-    GilRelease no_gil;
-    loss = regression_mdd(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+  return loss_without_gil([&] {
+    return regression_mdd(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
                           THPVariable_Unpack(args[3]), std::nullopt, std::nullopt, *margin, loss_kind, reduction);
-  }
-  return wrap_loss(std::move(loss));
+  });
   END_HANDLE_TH_ERRORS
 }
 
