@@ -52,13 +52,13 @@ inline int32_t row_argmax(const scalar_t* y, int32_t c) {
     HAL_SIMD_MIN(h)
     for (int32_t j = 0; j < c; ++j) {
       const acc_t v = static_cast<acc_t>(y[j]);
-      h = (v != v && j < h) ? j : h;
+      h = std::min(h, v != v ? j : c);
     }
   } else {
     HAL_SIMD_MIN(h)
     for (int32_t j = 0; j < c; ++j) {
       const acc_t v = static_cast<acc_t>(y[j]);
-      h = (v == best && j < h) ? j : h;
+      h = std::min(h, v == best ? j : c);
     }
   }
   return h < c ? h : 0;
