@@ -10,7 +10,7 @@ export HAL_EXT_CUDA
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup build test bench bench-full gpu-check clean
+.PHONY: setup build test test-gpu-env bench bench-full gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -29,6 +29,15 @@ build: setup
 
 test: build
 	$(PY) -m pytest tests
+
+# The GPU machine's Python and torch (scripts/gpu_check.sh builds there against its own torch): the
+# same build and tests against them, in their own venv, so that a break only they would show is
+# caught here rather than in a device session. CI runs this after `make test`.
+GPU_PYTHON ?= python3.12
+GPU_TORCH_VERSION ?= 2.11.0
+test-gpu-env:
+	$(MAKE) clean
+	$(MAKE) test PYTHON="$(GPU_PYTHON)" VENV=.venv-gpu-env TORCH_VERSION=$(GPU_TORCH_VERSION)
 
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
