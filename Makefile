@@ -33,11 +33,17 @@ test: build
 # The GPU machine's Python and torch (scripts/gpu_check.sh builds there against its own torch): the
 # same build and tests against them, in their own venv, so that a break only they would show is
 # caught here rather than in a device session. CI runs this after `make test`.
-GPU_PYTHON ?= python3.12
+# GPU_PYTHON: python3.12 on PATH, else pyenv's newest 3.12 (pyenv's shim answers only for a selected
+# version); looked up only when this target runs.
+GPU_PYTHON ?= $(shell for p in python3.12 $$(ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 \
+	2>/dev/null | sort -V -r); do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null \
+	&& { echo "$$p"; break; }; done)
 GPU_TORCH_VERSION ?= 2.11.0
 test-gpu-env:
-	$(MAKE) clean
-	$(MAKE) test PYTHON="$(GPU_PYTHON)" VENV=.venv-gpu-env TORCH_VERSION=$(GPU_TORCH_VERSION)
+	@py="$(GPU_PYTHON)"; \
+	if [[ -z $$py ]]; then echo "==> make test-gpu-env needs a Python 3.12 (the GPU machine's): set GPU_PYTHON" >&2; exit 1; fi; \
+	echo "==> the GPU machine's Python and torch: $$py, torch $(GPU_TORCH_VERSION)"; \
+	$(MAKE) clean && $(MAKE) test PYTHON="$$py" VENV=.venv-gpu-env TORCH_VERSION=$(GPU_TORCH_VERSION)
 
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
