@@ -109,7 +109,8 @@ def _fixed(fn, source):
 def _classification_cases():
     cd_ref = reference("mcd", "classifier_discrepancy", None)
     ent_ref = reference("mcd", "entropy", None)
-    sl_ref = reference("mdd", "shift_log", baselines.shift_log)
+    # tllib's literal log(clamp(...)): hal_ext.reference's shift_log pins the boundary gradient on every torch
+    sl_ref = (baselines.shift_log, "benchmarks.baselines.shift_log (tllib's torch calls)")
     cases = [
         Case("classifier_discrepancy", "hal_ext.alignment.mcd.classifier_discrepancy", "overhead",
              lambda s, d, t: _probs(s, d, t, 2), _fixed(*cd_ref),

@@ -73,8 +73,8 @@ class JointsKLLoss(nn.Module):
 
     Args:
         reduction (str, optional): Specifies the reduction to apply to the output:
-          ``'none'`` | ``'mean'``. ``'none'``: no reduction will be applied (per-keypoint losses
-          :math:`(minibatch, K)`, as tllib documents; tllib's code averages them over K once more),
+          ``'none'`` | ``'mean'``. ``'none'``: the per-keypoint losses averaged over the keypoints,
+          :math:`(minibatch,)`, as tllib's code returns (its docstring says :math:`(minibatch, K)`),
           ``'mean'``: the sum of the output will be divided by the number of
           elements in the output. Default: ``'mean'``
         epsilon (float, optional): added to the target before it is normalised. Default: 0.
@@ -89,7 +89,7 @@ class JointsKLLoss(nn.Module):
           H and W is the height and width of the heatmap respectively.
         - target: :math:`(minibatch, K, H, W)`.
         - target_weight: :math:`(minibatch, K)` (any shape with :math:`minibatch \times K` elements).
-        - Output: scalar by default. If :attr:`reduction` is ``'none'``, then :math:`(minibatch, K)`.
+        - Output: scalar by default. If :attr:`reduction` is ``'none'``, then :math:`(minibatch,)`.
 
     Example::
 

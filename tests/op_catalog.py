@@ -90,10 +90,10 @@ def oracle_entropy(p):
 
 
 def oracle_shift_log(x, offset=1e-6):
-    """SPEC: log(min(x + offset, 1)), gradient g / (x + offset) where x + offset <= 1 (equality
-    included: SPEC wins over torch.clamp, whose gradient is 0 at the bound), else 0; NaN propagates."""
+    """SPEC: log(min(x + offset, 1)), gradient g / (x + offset) where x + offset < 1, else 0 (0 at the
+    bound x + offset == 1 itself, as torch 2.14's clamp); NaN propagates."""
     v = x + offset
-    inside = v <= 1
+    inside = v < 1
     # NaN input: NaN value, gradient 0 (as log(clamp(.)), whose clamp mask is false at NaN)
     outside = torch.where(torch.isnan(v), v.detach(), torch.zeros_like(v))
     return torch.where(inside, torch.log(torch.where(inside, v, torch.ones_like(v))), outside)
@@ -117,7 +117,7 @@ class _TargetDisparity(torch.autograd.Function):
     def backward(ctx, g):
         p, onehot, p_h, rest = ctx.saved_tensors
         denom = rest + 1e-6
-        factor = torch.where(1.0 - p_h + 1e-6 > 1, torch.zeros_like(denom), -p_h / denom)
+        factor = torch.where(1.0 - p_h + 1e-6 >= 1, torch.zeros_like(denom), -p_h / denom)
         # onehot - p, with 1 - p_h at h taken as the sum of the others
         return g.unsqueeze(1) * factor * torch.where(onehot > 0, rest, -p), None
 
@@ -211,7 +211,7 @@ def oracle_joints_kl(output, target, target_weight=None, reduction="mean", epsil
     loss = F.kl_div(q, t, reduction="none").sum(-1)
     if target_weight is not None:
         loss = loss * target_weight.reshape(B, K)
-    return loss.mean() if reduction == "mean" else loss
+    return loss.mean() if reduction == "mean" else loss.mean(-1)  # SPEC: 'none' is (B,), tllib's code
 
 
 # ---------------------------------------------------------------- standard examples

@@ -81,14 +81,18 @@ def test_kl_matches_reference(device, dtype, reduction, epsilon):
 @pytest.mark.parametrize("device", DEVICES)
 def test_reductions_shapes_and_empty(device):
     o, t = torch.randn(4, 5, 6, 7, device=device), torch.rand(4, 5, 6, 7, device=device)
-    for cls in (JointsMSELoss, JointsKLLoss):
+    w = torch.rand(4, 5, device=device)
+    # SPEC: JointsMSELoss 'none' is (B, K) (mean over pixels); JointsKLLoss 'none' is (B,), tllib's code
+    # (loss.mean(dim=-1) over the keypoints; its docstring says (B, K)), with and without a weight
+    for cls, none_shape in ((JointsMSELoss, (4, 5)), (JointsKLLoss, (4,))):
         assert cls()(o, t).shape == ()
-        assert cls("none")(o, t).shape == (4, 5)  # SPEC (and tllib's documentation): (B, K)
+        assert cls("none")(o, t).shape == none_shape
+        assert cls("none")(o, t, w).shape == none_shape
         assert torch.isnan(cls()(o[:0], t[:0]))
-        assert cls("none")(o[:0], t[:0]).shape == (0, 5)
+        assert cls("none")(o[:0], t[:0]).shape == (0,) + none_shape[1:]
     # zero-size maps: KL sums nothing (0), MSE averages nothing (NaN), as the reference
     e_o, e_t = torch.randn(2, 3, 0, 4, device=device), torch.rand(2, 3, 0, 4, device=device)
-    assert torch.equal(JointsKLLoss("none")(e_o, e_t), torch.zeros(2, 3, device=device))
+    assert torch.equal(JointsKLLoss("none")(e_o, e_t), torch.zeros(2, device=device))
     assert torch.isnan(JointsMSELoss("none")(e_o, e_t)).all()
 
 
@@ -97,8 +101,8 @@ def test_zero_target_row_is_nan_like_reference(device):
     # A map whose target (+ epsilon) sums to 0 normalises to 0/0: NaN, in tllib as here.
     o, t = torch.randn(2, 2, 3, 3, device=device), torch.rand(2, 2, 3, 3, device=device)
     t[1, 0] = 0
-    got = JointsKLLoss("none")(o, t)
-    assert torch.isnan(got[1, 0]) and torch.isfinite(got[0]).all() and torch.isfinite(got[1, 1])
+    got = JointsKLLoss("none")(o, t)  # (B,): the mean over the keypoints carries the NaN of (1, 0)
+    assert torch.isnan(got[1]) and torch.isfinite(got[0])
     assert torch.isfinite(JointsKLLoss("none", epsilon=1e-3)(o, t)).all()
 
 

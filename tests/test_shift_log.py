@@ -32,9 +32,12 @@ def sample_inputs(device, dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_matches_reference(device, dtype):
     for name, x, offset in sample_inputs(device, dtype):
-        if dtype in (torch.float16, torch.bfloat16) and name == "clamped region":
-            # x + offset near 1 rounds differently in 16-bit inputs; compare away from the kink
-            x = torch.where((x.double() - 1).abs() < 1e-2, torch.full_like(x, 0.95), x)
+        if dtype != torch.float64:
+            # the kink at x + offset == 1: x + offset computed in the input's precision may round onto 1
+            # (gradient 0, as torch.clamp in that dtype) where the float64 reference stays below it, so
+            # compare away from it (test_gradient_is_zero_at_the_bound pins the kink itself)
+            near = (x.double() + offset - 1).abs() < 4 * torch.finfo(dtype).eps
+            x = torch.where(near, torch.full_like(x, 0.95), x)
         if dtype == torch.float16:
             # g / (x + offset) overflows float16 for x < ~2e-5 (inf, as torch in float16: see below)
             x = torch.where(x.abs() < 1e-3, torch.full_like(x, 1e-3), x)
@@ -59,6 +62,29 @@ def test_special_values_exact(device):
     y.backward(torch.ones_like(y))
     assert torch.isnan(y[0]) and y[1] == 0 and torch.isnan(y[2]) and y[4] == 0 and y[5] == 0
     assert x.grad[0] == 0 and x.grad[1] == 0 and x.grad[4] == 0 and x.grad[5] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("route", ["hal_ext", "reference"])
+def test_gradient_is_zero_at_the_bound(device, dtype, route):
+    """SPEC: at exactly x + offset == 1 the gradient is 0 (torch 2.14's clamp; torch 2.11's gave g), and
+    g / (x + offset) just below. Pinned against SPEC's numbers, not against torch.clamp."""
+    fn = shift_log if route == "hal_ext" else reference.shift_log
+    cases = [(1 - 1e-6, 1e-6), (0.5, 0.5), (0.75, 0.25)]  # the issue's point, and sums exact in any dtype
+    for x0, offset in cases:
+        bound = torch.tensor(x0, dtype=dtype, device=device)
+        if (bound + torch.tensor(offset, dtype=dtype)).item() != 1.0:
+            continue  # 1 - 1e-6 + 1e-6 is exactly 1 in float64 only
+        below = bound
+        while (below + offset).item() >= 1.0:  # the largest x whose x + offset rounds below 1
+            below = torch.nextafter(below, torch.tensor(-1.0, dtype=dtype, device=device))
+        x = torch.stack([bound, below]).requires_grad_()
+        y = fn(x, offset)
+        y.backward(torch.full_like(y, 3.0))
+        assert y[0].item() == 0.0, (x0, offset)
+        assert x.grad[0].item() == 0.0, f"{route} {dtype} gradient at x + offset == 1: {x.grad[0].item()}"
+        assert x.grad[1].item() == pytest.approx(3.0 / (below + offset).item(), rel=1e-6), (x0, offset)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,7 +11,7 @@
 //   loss_r = (-margin * L_s) * w_s + L_t * w_t
 // Backward, with G the incoming gradient of loss_r and coef the per-row factor:
 //   dloss/dz_j = G * coef * p_j   (j != h),   dloss/dz_h = -G * coef * q
-//   coef_s = -margin * w_s,  coef_t = w_t * p_h / (q + 1e-6) where q + 1e-6 <= 1, else 0.
+//   coef_s = -margin * w_s,  coef_t = w_t * p_h / (q + 1e-6) where q + 1e-6 < 1, else 0 (shift_log's boundary rule).
 //
 // Regression, per element: L(d) = |d| (l1) or d^2 (mse) with d = y_adv - y;
 //   loss = (-margin * L(d_s)) * w_s + L(d_t) * w_t,  dL/dd = sign(d) (sign(NaN) = 0) or 2 d.
@@ -68,7 +68,7 @@ HAL_HOST_DEVICE acc_t target_term(acc_t others, acc_t e_h, acc_t& inv_sum, acc_t
   inv_sum = acc_t(1) / s;
   q = others * inv_sum;
   const acc_t qo = q + offset<acc_t>();
-  coef = qo <= acc_t(1) ? (e_h * inv_sum) / qo : acc_t(0);
+  coef = qo < acc_t(1) ? (e_h * inv_sum) / qo : acc_t(0);
   return hal_log(qo > acc_t(1) ? acc_t(1) : qo);  // NaN stays NaN, as torch.clamp
 }
 

@@ -1,7 +1,8 @@
 #pragma once
 // MDD shift_log, shared by the CPU and CUDA kernels (elementwise):
 //   y     = log(min(x + offset, 1))
-//   dy/dx = g / (x + offset)  where x + offset <= 1, else 0 (also 0 for NaN x, as torch.clamp's backward)
+//   dy/dx = g / (x + offset)  where x + offset < 1, else 0: 0 at the bound x + offset == 1 (PyTorch's
+//           minimum-norm subgradient, as torch.clamp's backward since torch 2.14) and for NaN x
 // NaN propagates through min (as torch.clamp), +Inf gives log(1) = 0, -Inf gives NaN.
 #include "common/fast_math.h"
 #include "common/macros.h"
@@ -18,7 +19,7 @@ HAL_HOST_DEVICE acc_t value(acc_t x, acc_t offset) {
 template <typename acc_t>
 HAL_HOST_DEVICE acc_t grad(acc_t g, acc_t x, acc_t offset) {
   const acc_t v = x + offset;
-  return v <= acc_t(1) ? g / v : acc_t(0);
+  return v < acc_t(1) ? g / v : acc_t(0);
 }
 
 }  // namespace shift_log_math

@@ -90,5 +90,12 @@ def joints_kl_loss(output, target, target_weight=None, reduction="mean", epsilon
     code = keypoint_reduction_code(reduction)
     output, target, target_weight = check_inputs(output, target, target_weight)
     if _fused(output, target, target_weight):
-        return torch.ops.hal_ext.joints_kl_loss(output, target, target_weight, code, float(epsilon))
+        loss = torch.ops.hal_ext.joints_kl_loss(output, target, target_weight, code, float(epsilon))
+        return kl_per_sample(loss) if code == 0 else loss
     return reference.joints_kl_loss(output, target, target_weight, reduction, epsilon)
+
+
+def kl_per_sample(per_keypoint):
+    """JointsKLLoss's 'none': the operators return the (B, K) per-keypoint losses; tllib's code returns their
+    mean over the keypoints, (B,) (its docstring says (B, K); the code is what users get)."""
+    return per_keypoint.mean(dim=-1)

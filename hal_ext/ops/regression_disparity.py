@@ -5,6 +5,7 @@ import torch
 
 from .. import _native
 from .._validation import check_float_tensor, check_paired
+from .joints_loss import kl_per_sample
 
 MODES = {"min": 0, "max": 1}
 GENERATORS = {"truncated": 0, "fast": 1}
@@ -46,6 +47,7 @@ def regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, re
         B, K = y_adv.shape[0], y_adv.shape[1]
         if weight.numel() != B * K:
             raise ValueError(f"weight must have shape (B, K) = ({B}, {K}), got shape {tuple(weight.shape)}")
-    return torch.ops.hal_ext.regression_disparity(y.detach(), y_adv, weight, MODES[mode], float(sigma),
+    loss = torch.ops.hal_ext.regression_disparity(y.detach(), y_adv, weight, MODES[mode], float(sigma),
                                                   GENERATORS[generator], CRITERIA[criterion], reduction,
                                                   float(epsilon))
+    return kl_per_sample(loss) if criterion == "kl" and reduction == 0 else loss

@@ -1,9 +1,8 @@
 """Keypoint losses, as tllib.vision.models.keypoint_detection.loss computes them (SPEC "Keypoint
 losses"), in the dtype of the inputs.
 
-One deliberate difference (SPEC wins over tllib's code): ``JointsKLLoss`` with ``reduction='none'``
-returns the per-keypoint losses ``(B, K)`` that tllib documents; tllib's code averages them once more
-over K and returns ``(B,)``.
+``JointsKLLoss`` with ``reduction='none'`` returns what tllib's code returns: the per-keypoint losses
+averaged over K, ``(B,)`` (tllib's docstring says ``(B, K)``); ``JointsMSELoss``'s ``'none'`` is ``(B, K)``.
 """
 import torch
 import torch.nn.functional as F
@@ -38,5 +37,5 @@ def joints_kl_loss(output, target, target_weight=None, reduction="mean", epsilon
     if reduction == "mean":
         return loss.mean()
     if reduction == "none":
-        return loss
+        return loss.mean(dim=-1)
     raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")

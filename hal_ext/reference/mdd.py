@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 
 def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
-    return torch.log(torch.clamp(x + offset, max=1.0))
+    """tllib's ``log(clamp(x + offset, max=1))`` with the gradient torch 2.14's clamp gives it, on every torch:
+    ``g / (x + offset)`` where ``x + offset < 1``, else 0 (0 at the bound itself, and at NaN). Older torch
+    releases gave the bound the gradient ``g``; the clamped branch is detached so none of them does."""
+    v = x + offset
+    return torch.log(torch.where(v < 1.0, v, v.detach().clamp(max=1.0)))
 
 
 def classification_source_disparity(y: torch.Tensor, y_adv: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 // CUDA kernels of hal_ext::shift_log (math in shift_log_math.h): y = log(min(x + offset, 1)),
-// dy/dx = g / (x + offset) where x + offset <= 1, else 0. One grid-stride launch each way.
+// dy/dx = g / (x + offset) where x + offset < 1, else 0. One grid-stride launch each way.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
