@@ -161,6 +161,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    with C.default_dtype(args.dtype):
+        return run(args)
+
+
+def run(args):
     losses = _losses.load("mdd", args.losses)
     data = make_task(args)
     models, histories, ms = {}, {}, {}

@@ -62,7 +62,7 @@ def make_arms(n: int, size: int, generator: torch.Generator):
 def render(kp: torch.Tensor, size: int, thickness: float):
     """Soft mask (n, H, W) of the arm: a base disk and three limbs of decreasing width."""
     n = kp.shape[0]
-    c = torch.arange(size, dtype=torch.float32) + 0.5
+    c = torch.arange(size, dtype=torch.get_default_dtype()) + 0.5
     px, py = c.view(1, 1, size), c.view(1, size, 1)
     k = [(kp[:, j, 0].view(n, 1, 1), kp[:, j, 1].view(n, 1, 1)) for j in range(4)]
     d = torch.sqrt((px - k[0][0]) ** 2 + (py - k[0][1]) ** 2) - 2.5 * thickness
@@ -76,7 +76,7 @@ def heatmaps(kp: torch.Tensor, size: int, heatmap_size: int, sigma: float):
     """tllib-style label heatmaps: a Gaussian at the rounded keypoint, cut at 3 sigma."""
     stride = size / heatmap_size
     mu = (kp / stride + 0.5).floor()  # (n, K, 2)
-    c = torch.arange(heatmap_size, dtype=torch.float32)
+    c = torch.arange(heatmap_size, dtype=torch.get_default_dtype())
     dx = c.view(1, 1, 1, -1) - mu[..., 0, None, None]
     dy = c.view(1, 1, -1, 1) - mu[..., 1, None, None]
     g = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))
@@ -348,6 +348,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    with C.default_dtype(args.dtype):
+        return run(args)
+
+
+def run(args):
     losses = _losses.load("regda", args.losses)
     data = make_task(args)
     pretrained, pre_history = pretrain(args, losses, data)

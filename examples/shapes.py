@@ -36,7 +36,7 @@ def render_masks(n: int, size: int, generator: torch.Generator):
     centre = size / 2 + (torch.rand(n, 2, generator=generator) - 0.5) * size * 0.3
     scale = size * (0.22 + 0.12 * torch.rand(n, generator=generator))
     angle = torch.rand(n, generator=generator) * 2 * math.pi
-    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    coords = torch.arange(size, dtype=torch.get_default_dtype()) + 0.5
     dy = coords.view(1, size, 1) - centre[:, 1].view(n, 1, 1)
     dx = coords.view(1, 1, size) - centre[:, 0].view(n, 1, 1)
     c, s = torch.cos(angle).view(n, 1, 1), torch.sin(angle).view(n, 1, 1)
