@@ -1,10 +1,15 @@
 // Autograd kernel of hal_ext::classifier_discrepancy: forward below autograd. For float/double
 // predictions on the CPU (cd_detail::fused_grad_supported) the forward also writes the unit gradients
 // in its one pass over the predictions, and the backward only scales them (unit_grads.h); elsewhere
-// the backward is hal_ext::_classifier_discrepancy_backward on the saved predictions.
+// the backward is hal_ext::_classifier_discrepancy_backward on the saved predictions. Under
+// create_graph=True the backward is the differentiable formula (differentiable_grads.h) on the
+// predictions, kept by reference.
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/autograd/differentiable_grads.h"
+#include "ops/autograd/kept_inputs.h"
 #include "ops/autograd/unit_grads.h"
 #include "ops/classifier_discrepancy.h"
 
@@ -20,6 +25,7 @@ class ClassifierDiscrepancyFunction : public torch::autograd::Function<Classifie
                             bool in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["in_forward"] = in_forward;
+    keep_inputs(ctx, {predictions1, predictions2});
     if (!in_forward) {
       ctx->save_for_backward({predictions1, predictions2});
       return classifier_discrepancy(predictions1, predictions2);
@@ -30,8 +36,14 @@ class ClassifierDiscrepancyFunction : public torch::autograd::Function<Classifie
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grad_outputs[0];
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      const auto [p1, p2] =
+          kept_inputs<2>(ctx, "hal_ext::classifier_discrepancy", {"predictions1", "predictions2"});
+      auto [g1, g2] = differentiable_grads::classifier_discrepancy(grad, p1, p2);
+      return {g1, g2, at::Tensor()};
+    }
+    const auto saved = ctx->get_saved_variables();
     auto [g1, g2] = ctx->saved_data["in_forward"].toBool() ? scale_unit_grads(saved[0], saved[1], grad, grad)
                                                           : _classifier_discrepancy_backward(grad, saved[0], saved[1]);
     return {g1, g2, at::Tensor()};

@@ -1,9 +1,12 @@
 // Autograd kernels of hal_ext::joints_mse_loss and hal_ext::joints_kl_loss: forward below autograd,
 // backward through the _backward ops. Only `output` receives a gradient (the Python front end routes a
-// target or target_weight that requires grad to the reference composition).
+// target or target_weight that requires grad to the reference composition). Under create_graph=True
+// the backward is the differentiable formula (differentiable_grads.h) on the saved inputs.
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/autograd/differentiable_grads.h"
 #include "ops/joints_loss.h"
 
 namespace hal_ext {
@@ -28,6 +31,11 @@ class JointsMSELossFunction : public torch::autograd::Function<JointsMSELossFunc
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      return {differentiable_grads::joints_mse_loss(grad_outputs[0], saved[0], saved[1], saved[2],
+                                                    ctx->saved_data["reduction"].toInt()),
+              at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     at::Tensor g = _joints_mse_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]),
                                              ctx->saved_data["reduction"].toInt());
     return {g, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -48,6 +56,12 @@ class JointsKLLossFunction : public torch::autograd::Function<JointsKLLossFuncti
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      return {differentiable_grads::joints_kl_loss(grad_outputs[0], saved[0], saved[1], saved[2],
+                                                   ctx->saved_data["reduction"].toInt(),
+                                                   ctx->saved_data["epsilon"].toDouble()),
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     at::Tensor g = _joints_kl_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]), saved[3],
                                             ctx->saved_data["reduction"].toInt(),
                                             ctx->saved_data["epsilon"].toDouble());

@@ -2,12 +2,16 @@
 // a non-differentiable output), backward through hal_ext::_mcd_entropy_backward, which needs only the
 // column means and the batch size (the predictions are not saved) and writes one gradient row. The row
 // is returned expanded over the batch (a stride-0 view, like torch's sum backward); a leaf's .grad gets
-// a contiguous copy from autograd's accumulation.
+// a contiguous copy from autograd's accumulation. Under create_graph=True the backward is the
+// differentiable formula (differentiable_grads.h) on the predictions, kept by reference.
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "ops/autograd/differentiable_grads.h"
+#include "ops/autograd/kept_inputs.h"
 #include "ops/mcd_entropy.h"
 
 namespace hal_ext {
@@ -22,6 +26,7 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
     ctx->set_materialize_grads(false);  // the means never get a gradient: no zeros for them
     ctx->save_for_backward({means});
     ctx->saved_data["batch_size"] = predictions.sym_size(0);
+    keep_inputs(ctx, {predictions});
     return {loss, means};
   }
 
@@ -29,6 +34,10 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
                                                  const torch::autograd::variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     if (!grad_outputs[0].defined()) return {at::Tensor()};  // not materialised: zero
+    if (at::GradMode::is_enabled()) {                          // create_graph=True
+      const auto [predictions] = kept_inputs<1>(ctx, "hal_ext::mcd_entropy", {"predictions"});
+      return {differentiable_grads::mcd_entropy(grad_outputs[0], predictions)};
+    }
     const c10::SymInt batch_size = ctx->saved_data["batch_size"].toSymInt();
     const at::Tensor row = _mcd_entropy_backward(grad_outputs[0], saved[0], batch_size);
     std::vector<c10::SymInt> sizes{batch_size};

@@ -1,9 +1,15 @@
 // Autograd kernel of hal_ext::regression_disparity: the forward saves only y_adv, the weight, the
 // peaks (B, K, 2) and the KL row statistics; the backward rebuilds the targets and writes grad_y_adv.
-// y (the pseudo labels' source) and the weight receive no gradient.
+// y (the pseudo labels' source) and the weight receive no gradient. Under create_graph=True the
+// backward builds the pseudo labels from y (kept by reference) and returns the keypoint loss's
+// differentiable gradient (differentiable_grads.h).
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/autograd/differentiable_grads.h"
+#include "ops/autograd/kept_inputs.h"
+#include "ops/pseudo_label.h"
 #include "ops/regression_disparity.h"
 
 namespace hal_ext {
@@ -21,6 +27,7 @@ class RegressionDisparityFunction : public torch::autograd::Function<RegressionD
     auto [loss, peaks, stats] =
         _regression_disparity_forward(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon);
     ctx->save_for_backward({y_adv, weight.value_or(at::Tensor()), peaks, stats});
+    keep_inputs(ctx, {y});
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["sigma"] = sigma;
     ctx->saved_data["generator"] = generator;
@@ -33,14 +40,36 @@ class RegressionDisparityFunction : public torch::autograd::Function<RegressionD
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
+    variable_list grads(9);  // y_adv's gradient only
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      grads[1] = differentiable_grad(ctx, grad_outputs[0], saved);
+      return grads;
+    }
     std::optional<at::Tensor> weight = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
-    at::Tensor g = _regression_disparity_backward(grad_outputs[0], saved[0], weight, saved[2], saved[3],
-                                                  d.at("mode").toInt(), d.at("sigma").toDouble(),
-                                                  d.at("generator").toInt(), d.at("criterion").toInt(),
-                                                  d.at("reduction").toInt(), d.at("epsilon").toDouble());
-    variable_list grads(9);
-    grads[1] = g;
+    grads[1] = _regression_disparity_backward(grad_outputs[0], saved[0], weight, saved[2], saved[3],
+                                              d.at("mode").toInt(), d.at("sigma").toDouble(),
+                                              d.at("generator").toInt(), d.at("criterion").toInt(),
+                                              d.at("reduction").toInt(), d.at("epsilon").toDouble());
     return grads;
+  }
+
+ private:
+  // create_graph=True: the criterion's differentiable gradient against the pseudo-label map of the mode.
+  static at::Tensor differentiable_grad(AutogradContext* ctx, const at::Tensor& grad, const variable_list& saved) {
+    const auto& d = ctx->saved_data;
+    const auto [y] = kept_inputs<1>(ctx, "hal_ext::regression_disparity", {"y"});
+    const double sigma = d.at("sigma").toDouble();
+    auto [ground_truth, ground_false] = d.at("generator").toInt() == 1 ? fast_pseudo_label_2d(y, sigma)
+                                                                        : pseudo_label_2d(y, sigma);
+    const at::Tensor& y_adv = saved[0];
+    // float32 maps, in float64 against float64 logits (the type promotion of tllib's criterion)
+    const at::Tensor target = (d.at("mode").toInt() == 1 ? ground_false : ground_truth)
+                                  .to(y_adv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+    const int64_t reduction = d.at("reduction").toInt();
+    if (d.at("criterion").toInt() == 1) {
+      return differentiable_grads::joints_kl_loss(grad, y_adv, target, saved[1], reduction, d.at("epsilon").toDouble());
+    }
+    return differentiable_grads::joints_mse_loss(grad, y_adv, target, saved[1], reduction);
   }
 };
 

@@ -1,8 +1,11 @@
 // Autograd kernel of hal_ext::shift_log: forward below autograd, backward through
-// hal_ext::_shift_log_backward (offset gets no gradient).
+// hal_ext::_shift_log_backward (offset gets no gradient), or under create_graph=True the
+// differentiable formula (differentiable_grads.h).
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/autograd/differentiable_grads.h"
 #include "ops/shift_log.h"
 
 namespace hal_ext {
@@ -20,7 +23,11 @@ class ShiftLogFunction : public torch::autograd::Function<ShiftLogFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  const torch::autograd::variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    return {_shift_log_backward(grad_outputs[0], saved[0], ctx->saved_data["offset"].toDouble()), at::Tensor()};
+    const double offset = ctx->saved_data["offset"].toDouble();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      return {differentiable_grads::shift_log(grad_outputs[0], saved[0], offset), at::Tensor()};
+    }
+    return {_shift_log_backward(grad_outputs[0], saved[0], offset), at::Tensor()};
   }
 };
 

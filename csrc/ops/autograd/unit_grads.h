@@ -2,7 +2,8 @@
 // The CPU forwards that write their gradients for a unit incoming gradient (classifier discrepancy,
 // classification MDD): when to, and the backward that scales the saved unit gradients by the
 // incoming gradient.
-// - The graph is kept (retain_graph / create_graph): scaled copies; the saved ones stay intact.
+// - The graph is kept (retain_graph): scaled copies; the saved ones stay intact. (Under create_graph
+//   the backward does not read them: it differentiates the reference's math, differentiable_grads.h.)
 // - Otherwise they are scaled in place: they are ours alone (never an op output), so no memory
 //   beyond them is needed; and an incoming gradient of exactly 1 (the loss differentiated directly)
 //   leaves them as they are (x * 1 == x, bit for bit).
