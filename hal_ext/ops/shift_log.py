@@ -30,7 +30,7 @@ def shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
 
     Returns:
         A tensor of x's shape and dtype with values in :math:`[\log(\text{offset}), 0]`. Gradient:
-        ``g / (x + offset)`` where ``x + offset <= 1``, else 0.
+        ``g / (x + offset)`` where ``x + offset < 1``, else 0 (0 at the bound itself).
 
     Example::
 
