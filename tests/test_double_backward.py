@@ -369,8 +369,19 @@ def test_gradgradcheck(case, device):
     fn, inputs = GRADGRAD[case](device)
     inputs = [t.to(device).requires_grad_() for t in inputs]
     if NATIVE and not case.startswith(("gradient_reverse", "warm_start")):
-        assert "hal_ext" in fn(*inputs).grad_fn.name(), "the native operator must be under test"
+        assert native_node_in_graph(fn(*inputs)), "the native operator must be under test"
     assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def native_node_in_graph(out, depth=3):
+    """Whether a hal_ext autograd node is within `depth` steps of out's grad_fn (JointsKLLoss 'none' puts
+    its mean over the keypoints on top of the operator)."""
+    frontier = [out.grad_fn]
+    for _ in range(depth):
+        if any(node is not None and "hal_ext" in node.name() for node in frontier):
+            return True
+        frontier = [nxt for node in frontier if node is not None for nxt, _ in node.next_functions]
+    return False
 
 
 def internal_op_calls():
