@@ -30,12 +30,20 @@ fi
 
 echo "==> sanitizer build of the CPU kernels in $TREE"
 mkdir -p "$TREE"
-# A fresh copy of the sources (mtimes kept, so ninja rebuilds only what changed); the copy's build
-# folder and library stay.
-find "$TREE" -mindepth 1 -maxdepth 1 ! -name build ! -name hal_ext -exec rm -rf {} +
-[[ -d $TREE/hal_ext ]] && find "$TREE/hal_ext" -mindepth 1 ! -name '_C*.so' ! -name _build_config.py -delete
+# The sources as they are now, copied over the previous copy file by file where they differ (a changed
+# file gets a new mtime, so ninja rebuilds what depends on it and nothing else); the copy's build
+# folder, library and generated config stay; files gone from the tree go from the copy.
+INCOMING=$ASAN_DIR/incoming
+rm -rf "$INCOMING" && mkdir -p "$INCOMING"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 ls -d 2>/dev/null | tr '\n' '\0' \
-  | tar --null -T - -cf -) | tar -xf - -C "$TREE"
+  | tar --null -T - -cf -) | tar -xf - -C "$INCOMING"
+(cd "$INCOMING" && find . -type f) | while read -r f; do
+  cmp -s "$INCOMING/$f" "$TREE/$f" || { mkdir -p "$(dirname "$TREE/$f")" && cp "$INCOMING/$f" "$TREE/$f"; }
+done
+(cd "$TREE" && find . -type f ! -path './build/*' ! -name '_C*.so' ! -name _build_config.py ! -path '*/__pycache__/*' \
+  ! -path './.pytest_cache/*' ! -path './.hypothesis/*') | while read -r f; do
+  [[ -e $INCOMING/$f ]] || rm -f "$TREE/$f"
+done
 
 start=$(date +%s)
 (cd "$TREE" && HAL_EXT_CUDA=0 HAL_EXT_CPU_FLAGS="$CPU_FLAGS" LDFLAGS="$SANITIZE" "$PY" setup.py build_ext --inplace \
