@@ -57,7 +57,6 @@ export LD_PRELOAD="$LIBASAN $LIBSTDCXX"
 # allocator_may_return_null: an impossible allocation is torch's RuntimeError, not an ASan abort.
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:print_summary=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-export HAL_EXT_SANITIZER_BUILD=1
 
 cd "$TREE"
 "$PY" -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> build_info:', info); sys.exit(0 if info['compiled'] else 1)"
