@@ -10,7 +10,7 @@ export HAL_EXT_CUDA
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup build test test-gpu-env bench bench-full gpu-check clean
+.PHONY: setup build test test-asan test-gpu-env bench bench-full gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -29,6 +29,14 @@ build: setup
 
 test: build
 	$(PY) -m pytest tests
+
+# The CPU kernels under AddressSanitizer and UBSan (scripts/asan.sh): a copy of the tree built with
+# -fsanitize=address,undefined in build/asan (the in-place build is untouched), then pytest there with
+# the sanitizer runtime preloaded: ASAN_TESTS (pytest arguments), by default the suite but for five
+# numerics-only checks. CI runs it after `make test`.
+ASAN_TESTS ?=
+test-asan: setup
+	PY=$(PY) scripts/asan.sh $(ASAN_TESTS)
 
 # The GPU machine's Python and torch (scripts/gpu_check.sh builds there against its own torch): the
 # same build and tests against them, in their own venv, so that a break only they would show is

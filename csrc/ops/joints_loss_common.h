@@ -60,6 +60,14 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& like, int64_t r
 // The accumulation dtype: float for float16/bfloat16/float32, double for float64.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The saved statistics of _joints_kl_loss_backward (CPU and CUDA kernels alike).
+inline void check_kl_stats(const at::Tensor& stats, const at::Tensor& output, const Rows& s) {
+  const auto acc = acc_dtype(output.scalar_type());
+  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * s.rows() && stats.device() == output.device(),
+                    "stats must be the (B, K, 2) ", acc, " tensor that _joints_kl_loss_forward returned, got ",
+                    stats.scalar_type(), " ", stats.sizes());
+}
+
 // target_weight as a contiguous (B*K,) tensor of the accumulation dtype, or an undefined tensor.
 inline at::Tensor weight_rows(const std::optional<at::Tensor>& weight, at::ScalarType acc) {
   if (!weight.has_value() || !weight->defined()) return at::Tensor();

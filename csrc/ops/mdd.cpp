@@ -3,6 +3,7 @@
 #include "mdd.h"
 
 #include <ATen/ExpandUtils.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/ones_like.h>
 #include <torch/library.h>
@@ -10,7 +11,9 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/index_checks.h"
 #include "common/reduction.h"
+#include "ops/mdd_math.h"
 
 namespace hal_ext {
 
@@ -147,6 +150,37 @@ void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayR
   } else {
     check_scalar_grad(grad);
   }
+}
+
+ClassificationGeometry check_classification_backward(const at::Tensor& grad, const at::Tensor& y_s_adv,
+                                                     const at::Tensor& y_t_adv, const at::Tensor& stats,
+                                                     const at::Tensor& argmax, int64_t reduction) {
+  check_float_tensor(y_s_adv, "y_s_adv");
+  check_paired(y_s_adv, "y_s_adv", y_t_adv, "y_t_adv");
+  TORCH_CHECK_VALUE(y_s_adv.dim() >= 2, "y_s_adv must have at least 2 dimensions, got shape ", y_s_adv.sizes());
+  ClassificationGeometry geo;
+  geo.n = y_s_adv.size(0);
+  geo.c = y_s_adv.size(1);
+  geo.sample_shape = {geo.n};
+  for (int64_t i = 2; i < y_s_adv.dim(); ++i) {
+    geo.d *= y_s_adv.size(i);
+    geo.sample_shape.push_back(y_s_adv.size(i));
+  }
+  geo.m = geo.n * geo.d;
+  check_reduced_grad(grad, reduction, geo.sample_shape);
+  const auto acc_dtype = at::toOpMathType(y_s_adv.scalar_type());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == mdd_math::kStats && stats.size(1) == geo.m,
+                    "stats must have shape (", mdd_math::kStats, ", ", geo.m, "), got ", stats.sizes());
+  TORCH_CHECK_TYPE(stats.scalar_type() == acc_dtype, "stats must have dtype ", acc_dtype, ", got ",
+                   stats.scalar_type());
+  TORCH_CHECK_VALUE(argmax.dim() == 2 && argmax.size(0) == 2 && argmax.size(1) == geo.m,
+                    "argmax must have shape (2, ", geo.m, "), got ", argmax.sizes());
+  TORCH_CHECK_TYPE(argmax.scalar_type() == at::kLong, "argmax must be an int64 tensor, got ", argmax.scalar_type());
+  check_same_device(y_s_adv, "y_s_adv", grad, "grad");
+  check_same_device(y_s_adv, "y_s_adv", stats, "stats");
+  check_same_device(y_s_adv, "y_s_adv", argmax, "argmax");
+  check_index_range(argmax, "argmax", geo.c);
+  return geo;
 }
 
 }  // namespace mdd_detail

@@ -57,6 +57,12 @@ at::Tensor expand_weight(const std::optional<at::Tensor>& w, at::IntArrayRef sha
 
 void check_reduced_grad(const at::Tensor& grad, int64_t reduction, at::IntArrayRef sample_shape);
 
+// The arguments of _classification_mdd_backward, for the CPU and CUDA kernels alike: shapes, dtypes,
+// devices, and (on the host) every saved argmax inside [0, C), since the CPU kernel writes through it.
+ClassificationGeometry check_classification_backward(const at::Tensor& grad, const at::Tensor& y_s_adv,
+                                                     const at::Tensor& y_t_adv, const at::Tensor& stats,
+                                                     const at::Tensor& argmax, int64_t reduction);
+
 // Logits whose unit gradients a CPU forward writes itself ((N, C) float/double): the half types would
 // round the unit gradient before the incoming gradient scales it, K-dim logits have no fused path.
 bool fused_grad_supported(const at::Tensor& y_adv);

@@ -34,5 +34,27 @@ inline Args check_args(const at::Tensor& y_adv, const std::optional<at::Tensor>&
   return a;
 }
 
+// The saved tensors of _regression_disparity_backward (peaks (B, K, 2) int64 {x, y}, stats (B, K, 2) of the
+// accumulation dtype), for the CPU and CUDA kernels alike. The peaks address the heatmaps: on the host
+// (CPU tensors) every one must lie inside them; a CUDA kernel asserts that where it reads them (a host
+// check would synchronise). One pass over the B*K peaks.
+inline void check_saved(const at::Tensor& y_adv, const at::Tensor& peaks, const at::Tensor& stats, const Args& a) {
+  const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
+  TORCH_CHECK_VALUE(peaks.scalar_type() == at::kLong && peaks.numel() == 2 * a.rows() && peaks.device() == y_adv.device(),
+                    "peaks must be the (B, K, 2) int64 tensor of _regression_disparity_forward, on ", y_adv.device(),
+                    ", got ", peaks.scalar_type(), " ", peaks.sizes(), " on ", peaks.device());
+  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * a.rows() && stats.device() == y_adv.device(),
+                    "stats must be the (B, K, 2) ", acc, " tensor of _regression_disparity_forward, on ",
+                    y_adv.device(), ", got ", stats.scalar_type(), " ", stats.sizes(), " on ", stats.device());
+  if (!peaks.is_cpu() || a.n() == 0) return;  // empty heatmaps: no kernel reads the peaks
+  const at::Tensor pk = peaks.contiguous();
+  const int64_t* p = pk.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < a.rows(); ++r) {
+    TORCH_CHECK_VALUE(p[2 * r] >= 0 && p[2 * r] < a.W && p[2 * r + 1] >= 0 && p[2 * r + 1] < a.H,
+                      "peaks must lie inside the ", a.H, " x ", a.W, " heatmaps, got (x, y) = (", p[2 * r], ", ",
+                      p[2 * r + 1], ") at row ", r);
+  }
+}
+
 }  // namespace regression_disparity_args
 }  // namespace hal_ext

@@ -342,40 +342,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
   return classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, nullptr);
 }
 
-void check_backward_inputs(const at::Tensor& grad, const at::Tensor& y_s_adv, const at::Tensor& y_t_adv,
-                           const at::Tensor& stats, const at::Tensor& argmax, int64_t reduction,
-                           mdd_detail::ClassificationGeometry& geo) {
-  check_float_tensor(y_s_adv, "y_s_adv");
-  check_paired(y_s_adv, "y_s_adv", y_t_adv, "y_t_adv");
-  TORCH_CHECK_VALUE(y_s_adv.dim() >= 2, "y_s_adv must have at least 2 dimensions, got shape ", y_s_adv.sizes());
-  geo.n = y_s_adv.size(0);
-  geo.c = y_s_adv.size(1);
-  geo.sample_shape = {geo.n};
-  for (int64_t i = 2; i < y_s_adv.dim(); ++i) {
-    geo.d *= y_s_adv.size(i);
-    geo.sample_shape.push_back(y_s_adv.size(i));
-  }
-  geo.m = geo.n * geo.d;
-  mdd_detail::check_reduced_grad(grad, reduction, geo.sample_shape);
-  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == math::kStats && stats.size(1) == geo.m, "stats must have shape (",
-                    math::kStats, ", ", geo.m, "), got ", stats.sizes());
-  TORCH_CHECK_TYPE(stats.scalar_type() == at::toOpMathType(y_s_adv.scalar_type()), "stats must have dtype ",
-                   at::toOpMathType(y_s_adv.scalar_type()), ", got ", stats.scalar_type());
-  TORCH_CHECK_VALUE(argmax.dim() == 2 && argmax.size(0) == 2 && argmax.size(1) == geo.m, "argmax must have shape (2, ",
-                    geo.m, "), got ", argmax.sizes());
-  TORCH_CHECK_TYPE(argmax.scalar_type() == at::kLong, "argmax must be an int64 tensor, got ", argmax.scalar_type());
-  check_same_device(y_s_adv, "y_s_adv", grad, "grad");
-  check_same_device(y_s_adv, "y_s_adv", stats, "stats");
-  check_same_device(y_s_adv, "y_s_adv", argmax, "argmax");
-}
-
 std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Tensor& grad_in,
                                                                    const at::Tensor& y_s_adv_in,
                                                                    const at::Tensor& y_t_adv_in,
                                                                    const at::Tensor& stats_in,
                                                                    const at::Tensor& argmax_in, int64_t reduction) {
-  mdd_detail::ClassificationGeometry geo;
-  check_backward_inputs(grad_in, y_s_adv_in, y_t_adv_in, stats_in, argmax_in, reduction, geo);
+  const auto geo =
+      mdd_detail::check_classification_backward(grad_in, y_s_adv_in, y_t_adv_in, stats_in, argmax_in, reduction);
   const Reduction red = to_reduction(reduction);
   const at::Tensor zs_t = y_s_adv_in.contiguous(), zt_t = y_t_adv_in.contiguous();
   const at::Tensor stats = stats_in.contiguous(), argmax = argmax_in.contiguous();

@@ -132,10 +132,8 @@ at::Tensor joints_kl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor&
                                        int64_t reduction, double epsilon) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   check_grad(grad, output, reduction, s.B, s.K);
+  check_kl_stats(stats, output, s);
   const auto acc = acc_dtype(output.scalar_type());
-  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * s.rows() && stats.device() == output.device(),
-                    "stats must be the (B, K, 2) ", acc, " tensor that _joints_kl_loss_forward returned, got ",
-                    stats.scalar_type(), " ", stats.sizes());
   const at::Tensor z = output.contiguous(), x = target.contiguous(), st = stats.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc);
   const at::Tensor g = grad.to(acc).contiguous();

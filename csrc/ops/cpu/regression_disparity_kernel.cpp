@@ -203,9 +203,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
     const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const auto best = map_argmax(yp + r * n, n);
-        int64_t px = 0, py = 0;
-        if (n > 0) plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &px, &py);
+        int64_t px = 0, py = 0;  // empty maps (H or W = 0) have no pixel to read
+        if (n > 0) {
+          const auto best = map_argmax(yp + r * n, n);
+          plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &px, &py);
+        }
         pk[2 * r] = px;
         pk[2 * r + 1] = py;
       }
@@ -275,25 +277,15 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
                                              int64_t criterion, int64_t reduction, double epsilon) {
   const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   joints_loss::check_grad(grad, y_adv, reduction, a.B, a.K);
+  regression_disparity_args::check_saved(y_adv, peaks, stats, a);
   const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
-  TORCH_CHECK_VALUE(peaks.scalar_type() == at::kLong && peaks.numel() == 2 * a.rows(),
-                    "peaks must be the (B, K, 2) int64 tensor of _regression_disparity_forward, got ",
-                    peaks.scalar_type(), " ", peaks.sizes());
-  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * a.rows(),
-                    "stats must be the (B, K, 2) ", acc, " tensor of _regression_disparity_forward, got ",
-                    stats.scalar_type(), " ", stats.sizes());
   const at::Tensor z = y_adv.contiguous(), pk = peaks.contiguous(), st = stats.contiguous();
   const at::Tensor w = joints_loss::weight_rows(weight, acc);
   const at::Tensor g = grad.to(acc).contiguous();
   at::Tensor result = at::empty_like(z);
   const int64_t rows = a.rows(), n = a.n();
   if (result.numel() == 0) return result;
-  // The peaks address the scratch maps: reject any that do not lie inside them.
   const int64_t* pp = pk.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(pp[2 * r] >= 0 && pp[2 * r] < a.W && pp[2 * r + 1] >= 0 && pp[2 * r + 1] < a.H,
-                      "peaks must lie inside the ", a.H, " x ", a.W, " heatmaps");
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();

@@ -73,12 +73,7 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& output, const
   check_grad(grad, output, reduction, s.B, s.K);
   c10::cuda::CUDAGuard guard(output.device());
   const auto acc = acc_dtype(output.scalar_type());
-  if (stats) {
-    TORCH_CHECK_VALUE(stats->scalar_type() == acc && stats->numel() == 2 * s.rows() &&
-                          stats->device() == output.device(),
-                      "stats must be the (B, K, 2) ", acc, " tensor that _joints_kl_loss_forward returned, got ",
-                      stats->scalar_type(), " ", stats->sizes());
-  }
+  if (stats) check_kl_stats(*stats, output, s);
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor st = stats ? stats->contiguous() : at::Tensor();
   const at::Tensor w = weight_rows(target_weight, acc);

@@ -150,6 +150,8 @@ __global__ void classification_mdd_backward_kernel(const acc_t* grad, const scal
     const acc_t g = reduction == 0 ? grad[r] : g_scalar;
     for (int side = 0; side < 2; ++side) {
       const int k = side * 4;
+      // The host checks the saved argmax only on the CPU (mdd_detail::check_classification_backward).
+      CUDA_KERNEL_ASSERT(am[side * m + r] >= 0 && am[side * m + r] < c_count && "argmax must hold indices in [0, C)");
       const acc_t gc = g * st[(k + 2) * m + r];
       const acc_t e = hal_exp(static_cast<acc_t>((side == 0 ? zs : zt)[i]) - st[k * m + r]);
       const acc_t v = math::logit_grad(am[side * m + r] == c, gc * st[(k + 1) * m + r], e, gc * st[(k + 3) * m + r]);
@@ -223,29 +225,10 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cuda(const at::Te
                                                                     const at::Tensor& y_t_adv_in,
                                                                     const at::Tensor& stats_in,
                                                                     const at::Tensor& argmax_in, int64_t reduction) {
-  check_float_tensor(y_s_adv_in, "y_s_adv");
-  check_paired(y_s_adv_in, "y_s_adv", y_t_adv_in, "y_t_adv");
-  TORCH_CHECK_VALUE(y_s_adv_in.dim() >= 2, "y_s_adv must have at least 2 dimensions, got shape ", y_s_adv_in.sizes());
-  std::vector<int64_t> sample{y_s_adv_in.size(0)};
-  int64_t d = 1;
-  for (int64_t i = 2; i < y_s_adv_in.dim(); ++i) {
-    d *= y_s_adv_in.size(i);
-    sample.push_back(y_s_adv_in.size(i));
-  }
-  const int64_t M = y_s_adv_in.size(0) * d, C = y_s_adv_in.size(1);
-  mdd_detail::check_reduced_grad(grad, reduction, sample);
+  const auto geo =
+      mdd_detail::check_classification_backward(grad, y_s_adv_in, y_t_adv_in, stats_in, argmax_in, reduction);
+  const int64_t M = geo.m, C = geo.c, d = geo.d;
   const auto acc_dtype = at::toOpMathType(y_s_adv_in.scalar_type());
-  TORCH_CHECK_VALUE(stats_in.dim() == 2 && stats_in.size(0) == math::kStats && stats_in.size(1) == M,
-                    "stats must have shape (", math::kStats, ", ", M, "), got ", stats_in.sizes());
-  TORCH_CHECK_TYPE(stats_in.scalar_type() == acc_dtype, "stats must have dtype ", acc_dtype, ", got ",
-                   stats_in.scalar_type());
-  TORCH_CHECK_VALUE(argmax_in.dim() == 2 && argmax_in.size(0) == 2 && argmax_in.size(1) == M,
-                    "argmax must have shape (2, ", M, "), got ", argmax_in.sizes());
-  TORCH_CHECK_TYPE(argmax_in.scalar_type() == at::kLong, "argmax must be an int64 tensor, got ",
-                   argmax_in.scalar_type());
-  check_same_device(y_s_adv_in, "y_s_adv", grad, "grad");
-  check_same_device(y_s_adv_in, "y_s_adv", stats_in, "stats");
-  check_same_device(y_s_adv_in, "y_s_adv", argmax_in, "argmax");
   c10::cuda::CUDAGuard guard(y_s_adv_in.device());
   const at::Tensor zs = y_s_adv_in.contiguous(), zt = y_t_adv_in.contiguous();
   const at::Tensor stats = stats_in.contiguous(), argmax = argmax_in.contiguous();

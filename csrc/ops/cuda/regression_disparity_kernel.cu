@@ -69,6 +69,8 @@ struct DisparityTarget {
     const int64_t b = r / K;
     for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
       const int64_t px = peaks[2 * (b * K + j)], py = peaks[2 * (b * K + j) + 1];
+      // The host checks saved peaks only on the CPU (regression_disparity_args::check_saved).
+      CUDA_KERNEL_ASSERT(px >= 0 && px < W && py >= 0 && py < H && "peaks must lie inside the heatmaps");
       axes[j] = fast ? plm::fast_axis(px, sigma, W) : plm::truncated_axis(px, sigma, W);
       axes[K + j] = fast ? plm::fast_axis(py, sigma, H) : plm::truncated_axis(py, sigma, H);
     }
@@ -169,14 +171,9 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& y_adv, const 
                          int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
   const Args a = check_cuda_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   joints_loss::check_grad(grad, y_adv, reduction, a.B, a.K);
+  regression_disparity_args::check_saved(y_adv, peaks, stats, a);
   const auto acc = joints_loss::acc_dtype(y_adv.scalar_type());
   const int64_t rows = a.B * a.K, n = a.H * a.W;
-  TORCH_CHECK_VALUE(peaks.scalar_type() == at::kLong && peaks.numel() == 2 * rows && peaks.device() == y_adv.device(),
-                    "peaks must be the (B, K, 2) int64 tensor of _regression_disparity_forward, got ",
-                    peaks.scalar_type(), " ", peaks.sizes());
-  TORCH_CHECK_VALUE(stats.scalar_type() == acc && stats.numel() == 2 * rows && stats.device() == y_adv.device(),
-                    "stats must be the (B, K, 2) ", acc, " tensor of _regression_disparity_forward, got ",
-                    stats.scalar_type(), " ", stats.sizes());
   c10::cuda::CUDAGuard guard(y_adv.device());
   const at::Tensor z = y_adv.contiguous(), pk = peaks.contiguous(), st = stats.contiguous();
   const at::Tensor w = joints_loss::weight_rows(weight, acc);
