@@ -16,8 +16,10 @@ def _rows(t):
 
 def joints_mse_loss(output, target, target_weight=None, reduction="mean"):
     B, K = output.shape[0], output.shape[1]
-    # tllib's nn.MSELoss(reduction='none') * 0.5 (float32 under torch.autocast, as tllib's)
-    loss = F.mse_loss(_rows(output), _rows(target), reduction='none') * 0.5
+    # tllib's nn.MSELoss(reduction='none') * 0.5 (float32 under torch.autocast, as tllib's), on inputs
+    # of one dtype (torch 2.11's mse_loss backward fails on mixed dtypes)
+    dtype = torch.promote_types(output.dtype, target.dtype)
+    loss = F.mse_loss(_rows(output).to(dtype), _rows(target).to(dtype), reduction='none') * 0.5
     if target_weight is not None:
         loss = loss * target_weight.reshape(B, K, 1)
     if reduction == "mean":
