@@ -104,6 +104,7 @@ def make_extension():
         glob.glob(os.path.join("csrc", "ops", "*.cpp"))
         + glob.glob(os.path.join("csrc", "ops", "cpu", "*.cpp"))
         + glob.glob(os.path.join("csrc", "ops", "autograd", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "ops", "autocast", "*.cpp"))
         + glob.glob(os.path.join("csrc", "python", "*.cpp"))
     )
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))

@@ -37,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--ops", help="comma-separated op names (default: all; see --list)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: every contender under torch.autocast (bfloat16 on CPU, float16 on CUDA), "
+                        "inputs in that dtype; replaces --dtype; no training steps")
     p.add_argument("--machine", help="results folder name (default: cpu-<model>-<cores>c, or the GPU model)")
     p.add_argument("--out", help="output folder (default: benchmarks/results/<machine>)")
     p.add_argument("--name", help="file stem of the outputs (default: the preset, plus dtype / '-partial')")
@@ -63,6 +66,8 @@ def main(argv=None):
             print(f"{c.name:24s} {c.api}\n{'':24s} quick {c.shapes['quick']} modes {c.modes}")
         return 0
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.amp:
+        args.dtype = "float16" if torch.device(device).type == "cuda" else "bfloat16"
     dtype = getattr(torch, args.dtype)
     wanted = _csv(args.ops)
     if wanted:
@@ -75,7 +80,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     runner.configure_dynamo()
     meta = machine.describe(device, args.machine)
-    print(f"==> hal_ext benchmark, preset {args.preset}, device {device}, dtype {args.dtype}, "
+    print(f"==> hal_ext benchmark, preset {args.preset}, device {device}, "
+          f"dtype {'autocast ' if args.amp else ''}{args.dtype}, "
           f"machine {meta['machine']}, torch {meta['torch']}, {meta['torch_threads']} threads", flush=True)
     if not meta["hal_ext_build"]["compiled"]:
         print(f"==> WARNING: hal_ext native library not loaded ({meta['hal_ext_build'].get('reason')}): "
@@ -86,19 +92,21 @@ def main(argv=None):
     print("==> ops (the first torch.compile of a process, or of a fresh machine, takes longer)", flush=True)
     opts = {"preset": runner.PRESETS[args.preset], "device": device, "dtype": dtype, "bandwidth_gbps": bandwidth["gbps"],
             "contenders": _csv(args.contenders), "reps": args.reps, "memory": not args.no_memory,
-            "shapes": [_shape(s) for s in _csv(args.shapes)] if args.shapes else None, "modes": _csv(args.modes)}
+            "shapes": [_shape(s) for s in _csv(args.shapes)] if args.shapes else None, "modes": _csv(args.modes),
+            "amp": dtype if args.amp else None}
     rows, skipped = runner.run_all(all_cases, opts)
-    methods = [] if args.train == "none" else _csv(args.train)
+    methods = [] if args.train == "none" or args.amp else _csv(args.train)
     train = train_steps.run(methods, device, budget_s=1.0 if args.preset == "quick" else 4.0,
                             max_reps=args.reps or 20, min_reps=args.reps or 3) if methods else []
     compile_s = sum(r["contenders"].get("compile", {}).get("first_call_s", 0) for r in rows)
     meta.update({"compile_warmup_s": round(compile_s, 1)})
-    meta.update({"preset": args.preset, "dtype": args.dtype, "bandwidth": bandwidth, "argv": sys.argv[1:] if argv is None else list(argv),
+    meta.update({"preset": args.preset, "dtype": args.dtype, "amp": args.amp, "bandwidth": bandwidth, "argv": sys.argv[1:] if argv is None else list(argv),
                  "elapsed_s": round(time.perf_counter() - started, 1)})
     result = {"meta": meta, "results": rows, "train_steps": train, "skipped": skipped}
     report.print_report(result)
     partial = any([args.ops, args.shapes, args.modes, args.contenders != ",".join(runner.CONTENDERS)])
-    stem = args.name or args.preset + ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-partial" if partial else "")
+    suffix = f"-amp-{args.dtype}" if args.amp else ("" if args.dtype == "float32" else f"-{args.dtype}")
+    stem = args.name or args.preset + suffix + ("-partial" if partial else "")
     out = args.out or os.path.join(RESULTS, meta["machine"])
     paths = report.write_all(result, out, stem)
     print(f"==> wrote {', '.join(paths.values())}")

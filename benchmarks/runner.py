@@ -4,7 +4,9 @@ Contenders: `eager` (the tllib-semantics reference), `compile` (`torch.compile(d
 reference, or of the case's `compile_target`), `hal_ext` (the public API), and `floor` (the do-nothing
 custom op with the same tensors in and out; see floor.py). Mode `fwd` calls the op on inputs that do
 not require grad; `fwd+bwd` calls it on inputs that do and then `torch.autograd.grad` of its output
-(a ones gradient for non-scalar outputs) with respect to the differentiable inputs.
+(a ones gradient for non-scalar outputs) with respect to the differentiable inputs. With `amp`
+(`--amp`), every contender's forward runs under `torch.autocast` (the inputs are in its dtype, as a
+layer's outputs under autocast are): the eager and compile contenders run tllib's code under autocast.
 """
 import sys
 import time
@@ -35,6 +37,15 @@ def configure_dynamo():
     for key in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(config, key):
             setattr(config, key, 4096)
+
+
+def _under_autocast(fn, device, dtype):
+    device_type = torch.device(device).type
+
+    def run(*inputs):
+        with torch.autocast(device_type, dtype=dtype):
+            return fn(*inputs)
+    return run
 
 
 def _call(fn, inputs, mode, diff):
@@ -77,8 +88,10 @@ def _tiny(shape):
 def run_one(case, shape, mode, device, dtype, opts, log=print):
     """Measures one (case, shape, mode); returns a result row (see report.py for the fields)."""
     torch.manual_seed(0)
+    amp = opts.get("amp")
+    dtype_label = str(dtype).replace("torch.", "")
     row = {"op": case.name, "api": case.api, "kind": case.kind, "shape": list(shape), "mode": mode,
-           "dtype": str(dtype).replace("torch.", ""), "device": str(device), "notes": case.notes}
+           "dtype": f"autocast-{dtype_label}" if amp else dtype_label, "device": str(device), "notes": case.notes}
     inputs = case.make_inputs(shape, device, dtype)
     if mode == "fwd+bwd":
         for i in case.diff:
@@ -89,7 +102,7 @@ def run_one(case, shape, mode, device, dtype, opts, log=print):
     row["bytes"] = int(case.bytes(shape, itemsize, mode))
     fns, errors, first_call = {}, {}, {}
     for name, (fn, src) in contenders.items():
-        call = _call(fn, inputs, mode, case.diff)
+        call = _call(_under_autocast(fn, device, amp) if amp else fn, inputs, mode, case.diff)
         start = time.perf_counter()
         try:
             call()

@@ -43,3 +43,14 @@ def same_dtype(*tensors):
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t.to(dtype) for t in tensors)
+
+
+def result_dtype(out_dtype, dtype):
+    """The dtype an op writes its result in (csrc/common/loss_dtype.h): ``dtype`` for ``out_dtype=None``,
+    else ``out_dtype``, which must be ``dtype`` or its accumulation dtype (float32 for float16/bfloat16)."""
+    if out_dtype is None:
+        return dtype
+    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    if out_dtype not in (dtype, acc):
+        raise TypeError(f"out_dtype must be None, {dtype} or {acc} for {dtype} inputs, got {out_dtype}")
+    return out_dtype

@@ -69,3 +69,28 @@ def test_floor_op_has_the_op_signature(outputs):
 def test_summary_statistics():
     s = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
     assert s == {"median_s": 3.0, "q1_s": 2.0, "q3_s": 4.0, "reps": 5}
+
+
+def test_amp_mode_runs_every_contender_under_autocast(tmp_path, monkeypatch):
+    seen = []
+    real = runner._under_autocast
+
+    def spy(fn, device, dtype):
+        wrapped = real(fn, device, dtype)
+
+        def run(*inputs):
+            out = wrapped(*inputs)
+            seen.append(out.dtype)
+            return out
+        return run
+    monkeypatch.setattr(runner, "_under_autocast", spy)
+    rc = bench_main.main(["--quick", "--amp", "--ops", "classification_mdd", "--shapes", "4x5", "--reps", "2",
+                          "--device", "cpu", "--contenders", "eager,hal_ext", "--bandwidth-mib", "8", "--no-memory",
+                          "--out", str(tmp_path), "--machine", "test-machine"])
+    assert rc == 0
+    result = json.loads((tmp_path / "quick-amp-bfloat16-partial.json").read_text())
+    assert result["meta"]["amp"] and result["meta"]["dtype"] == "bfloat16" and result["train_steps"] == []
+    (row,) = result["results"]
+    assert row["dtype"] == "autocast-bfloat16" and set(row["contenders"]) == {"eager", "hal_ext"}
+    # tllib's composition and hal_ext both return float32 under CPU autocast (cross_entropy, nll_loss)
+    assert seen and all(dtype == torch.float32 for dtype in seen)

@@ -28,8 +28,8 @@ def build_args(name, variant):
     first = True
     for arg in schema(name).arguments:
         t = str(arg.type)
-        if t in ("Optional[Tensor]", "Tensor?"):
-            v = None  # optional tensors (weights) are absent
+        if t in ("Optional[Tensor]", "Tensor?", "Optional[int]"):  # Optional[int]: ScalarType? out_dtype
+            v = None  # optional tensors (weights) and out_dtype are absent
         elif t.startswith("Tensor"):
             if variant == "mismatched":
                 v = torch.rand(2, 3) if first else torch.rand(5)

@@ -15,9 +15,10 @@ auto find_op(const char* name) {
 }  // namespace
 
 at::Tensor joints_mse_loss(const at::Tensor& output, const at::Tensor& target,
-                           const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+                           const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                           std::optional<at::ScalarType> out_dtype) {
   static auto op = find_op<decltype(joints_mse_loss)>("hal_ext::joints_mse_loss");
-  return op.call(output, target, target_weight, reduction);
+  return op.call(output, target, target_weight, reduction, out_dtype);
 }
 
 at::Tensor _joints_mse_loss_backward(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
@@ -27,16 +28,18 @@ at::Tensor _joints_mse_loss_backward(const at::Tensor& grad, const at::Tensor& o
 }
 
 at::Tensor joints_kl_loss(const at::Tensor& output, const at::Tensor& target,
-                          const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon) {
+                          const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon,
+                          std::optional<at::ScalarType> out_dtype) {
   static auto op = find_op<decltype(joints_kl_loss)>("hal_ext::joints_kl_loss");
-  return op.call(output, target, target_weight, reduction, epsilon);
+  return op.call(output, target, target_weight, reduction, epsilon, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> _joints_kl_loss_forward(const at::Tensor& output, const at::Tensor& target,
                                                            const std::optional<at::Tensor>& target_weight,
-                                                           int64_t reduction, double epsilon) {
+                                                           int64_t reduction, double epsilon,
+                                                           std::optional<at::ScalarType> out_dtype) {
   static auto op = find_op<decltype(_joints_kl_loss_forward)>("hal_ext::_joints_kl_loss_forward");
-  return op.call(output, target, target_weight, reduction, epsilon);
+  return op.call(output, target, target_weight, reduction, epsilon, out_dtype);
 }
 
 at::Tensor _joints_kl_loss_backward(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
@@ -47,15 +50,17 @@ at::Tensor _joints_kl_loss_backward(const at::Tensor& grad, const at::Tensor& ou
 }
 
 TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
-  m.def("joints_mse_loss(Tensor output, Tensor target, Tensor? target_weight, int reduction) -> Tensor",
+  m.def("joints_mse_loss(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
+        "ScalarType? out_dtype=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def("_joints_mse_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor? target_weight, "
         "int reduction) -> Tensor",
         {at::Tag::pt2_compliant_tag});
-  m.def("joints_kl_loss(Tensor output, Tensor target, Tensor? target_weight, int reduction, float epsilon) -> Tensor",
+  m.def("joints_kl_loss(Tensor output, Tensor target, Tensor? target_weight, int reduction, float epsilon, "
+        "ScalarType? out_dtype=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def("_joints_kl_loss_forward(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
-        "float epsilon) -> (Tensor, Tensor)",
+        "float epsilon, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   m.def("_joints_kl_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor? target_weight, Tensor stats, "
         "int reduction, float epsilon) -> Tensor",

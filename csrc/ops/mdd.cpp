@@ -19,11 +19,12 @@ namespace hal_ext {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
+    std::optional<at::ScalarType> out_dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hal_ext::classification_mdd", "")
                        .typed<decltype(classification_mdd)>();
-  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> _classification_mdd_with_grad(
@@ -46,11 +47,12 @@ std::tuple<at::Tensor, at::Tensor> _classification_mdd_backward(const at::Tensor
 
 at::Tensor regression_mdd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                           const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
-                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction) {
+                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction,
+                          std::optional<at::ScalarType> out_dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hal_ext::regression_mdd", "")
                        .typed<decltype(regression_mdd)>();
-  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+  return op.call(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> _regression_mdd_backward(
@@ -187,7 +189,7 @@ ClassificationGeometry check_classification_backward(const at::Tensor& grad, con
 
 TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("classification_mdd(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, Tensor? w_t, "
-        "float margin, int reduction) -> (Tensor, Tensor, Tensor)",
+        "float margin, int reduction, ScalarType? out_dtype=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   m.def("_classification_mdd_with_grad(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, "
         "Tensor? w_t, float margin, int reduction) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -196,7 +198,7 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
         "int reduction) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   m.def("regression_mdd(Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, Tensor? w_t, "
-        "float margin, int loss_kind, int reduction) -> Tensor",
+        "float margin, int loss_kind, int reduction, ScalarType? out_dtype=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def("_regression_mdd_backward(Tensor grad, Tensor y_s, Tensor y_s_adv, Tensor y_t, Tensor y_t_adv, Tensor? w_s, "
         "Tensor? w_t, float margin, int loss_kind, int reduction) -> (Tensor, Tensor)",

@@ -8,10 +8,11 @@
 namespace hal_ext {
 
 // Returns (loss, stats, argmax): stats (8, M) and argmax (2, M) are the per-row values the backward
-// reads (M = number of samples), see mdd_math.h.
+// reads (M = number of samples), see mdd_math.h. The loss has dtype out_dtype (common/loss_dtype.h).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction);
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
+    std::optional<at::ScalarType> out_dtype = std::nullopt);
 
 // Returns (loss, stats, argmax, grad_y_s_adv, grad_y_t_adv): the forward and the gradients for a unit
 // incoming gradient (ones for 'none'), which the backward then only scales. Used where the forward's
@@ -26,7 +27,8 @@ std::tuple<at::Tensor, at::Tensor> _classification_mdd_backward(const at::Tensor
 
 at::Tensor regression_mdd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                           const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
-                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction);
+                          const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind, int64_t reduction,
+                          std::optional<at::ScalarType> out_dtype = std::nullopt);
 
 std::tuple<at::Tensor, at::Tensor> _regression_mdd_backward(
     const at::Tensor& grad, const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,

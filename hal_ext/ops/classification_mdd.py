@@ -4,21 +4,21 @@ one fused backward that writes the gradients of y_s_adv and y_t_adv."""
 import torch
 
 from .. import _native
-from .._validation import reduction_code
+from .._validation import reduction_code, result_dtype
 from ..reference import mdd as reference
 from . import _mdd_routing
 
 if _native.native_available():
 
     @torch.library.register_fake("hal_ext::classification_mdd")
-    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction):
+    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, out_dtype=None):
         _mdd_routing.check_devices(y_s, y_s_adv, y_t, y_t_adv)
         sample = (y_s.shape[0],) + tuple(y_s.shape[2:])
         rows = 1
         for s in sample:
             rows = rows * s
         acc = torch.float32 if y_s_adv.dtype in (torch.float16, torch.bfloat16) else y_s_adv.dtype
-        loss = y_s_adv.new_empty(sample if reduction == 0 else ())
+        loss = y_s_adv.new_empty(sample if reduction == 0 else (), dtype=result_dtype(out_dtype, y_s_adv.dtype))
         return loss, y_s_adv.new_empty((8, rows), dtype=acc), y_s_adv.new_empty((2, rows), dtype=torch.int64)
 
     @torch.library.register_fake("hal_ext::_classification_mdd_with_grad")

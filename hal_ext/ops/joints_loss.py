@@ -3,35 +3,36 @@ row-wise kernel forward and one backward (gradient to ``output``)."""
 import torch
 
 from .. import _native
-from .._validation import check_float_tensor, check_paired, same_dtype
+from .._validation import check_float_tensor, check_paired, result_dtype, same_dtype
 from ..reference import keypoint_detection as reference
 
 KEYPOINT_REDUCTIONS = {"none": 0, "mean": 1}
 
 if _native.native_available():
 
-    def _loss_like(output, reduction):
-        return output.new_empty((output.shape[0], output.shape[1]) if reduction == 0 else ())
+    def _loss_like(output, reduction, out_dtype):
+        shape = (output.shape[0], output.shape[1]) if reduction == 0 else ()
+        return output.new_empty(shape, dtype=result_dtype(out_dtype, output.dtype))
 
     def _stats_like(output):
         acc = torch.float64 if output.dtype == torch.float64 else torch.float32
         return output.new_empty((output.shape[0], output.shape[1], 2), dtype=acc)
 
     @torch.library.register_fake("hal_ext::joints_mse_loss")
-    def _(output, target, target_weight, reduction):
-        return _loss_like(output, reduction)
+    def _(output, target, target_weight, reduction, out_dtype=None):
+        return _loss_like(output, reduction, out_dtype)
 
     @torch.library.register_fake("hal_ext::_joints_mse_loss_backward")
     def _(grad, output, target, target_weight, reduction):
         return output.new_empty(output.shape)
 
     @torch.library.register_fake("hal_ext::joints_kl_loss")
-    def _(output, target, target_weight, reduction, epsilon):
-        return _loss_like(output, reduction)
+    def _(output, target, target_weight, reduction, epsilon, out_dtype=None):
+        return _loss_like(output, reduction, out_dtype)
 
     @torch.library.register_fake("hal_ext::_joints_kl_loss_forward")
-    def _(output, target, target_weight, reduction, epsilon):
-        return _loss_like(output, reduction), _stats_like(output)
+    def _(output, target, target_weight, reduction, epsilon, out_dtype=None):
+        return _loss_like(output, reduction, out_dtype), _stats_like(output)
 
     @torch.library.register_fake("hal_ext::_joints_kl_loss_backward")
     def _(grad, output, target, target_weight, stats, reduction, epsilon):

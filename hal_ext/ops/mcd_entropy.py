@@ -3,7 +3,7 @@ column means) and a backward that writes one gradient row, which autograd broadc
 import torch
 
 from .. import _native
-from .._validation import check_float_tensor, check_min_dim
+from .._validation import check_float_tensor, check_min_dim, result_dtype
 from ..reference import mcd as reference
 
 _ACC_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -11,13 +11,14 @@ _ACC_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 if _native.native_available():
 
     @torch.library.register_fake("hal_ext::mcd_entropy")
-    def _(predictions):
+    def _(predictions, out_dtype=None):
         acc = _ACC_DTYPE.get(predictions.dtype, predictions.dtype)
-        return predictions.new_empty(()), predictions.new_empty(predictions.shape[1:], dtype=acc)
+        return (predictions.new_empty((), dtype=result_dtype(out_dtype, predictions.dtype)),
+                predictions.new_empty(predictions.shape[1:], dtype=acc))
 
     @torch.library.register_fake("hal_ext::_mcd_entropy_backward")
-    def _(grad, column_means, batch_size):
-        return column_means.new_empty(column_means.shape, dtype=grad.dtype)
+    def _(grad, column_means, batch_size, out_dtype=None):
+        return column_means.new_empty(column_means.shape, dtype=grad.dtype if out_dtype is None else out_dtype)
 
     _OP = torch.ops.hal_ext.mcd_entropy.default
 else:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
-from .._validation import reduction_code
+from .._validation import reduction_code, result_dtype
 from ..reference import mdd as reference
 from . import _mdd_routing
 
@@ -15,9 +15,10 @@ LOSS_KINDS = {F.l1_loss: 0, F.mse_loss: 1}
 if _native.native_available():
 
     @torch.library.register_fake("hal_ext::regression_mdd")
-    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction):
+    def _(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction, out_dtype=None):
         _mdd_routing.check_devices(y_s, y_s_adv, y_t, y_t_adv)
-        return y_s_adv.new_empty(y_s_adv.shape if reduction == 0 else ())
+        return y_s_adv.new_empty(y_s_adv.shape if reduction == 0 else (),
+                                 dtype=result_dtype(out_dtype, y_s_adv.dtype))
 
     @torch.library.register_fake("hal_ext::_regression_mdd_backward")
     def _(grad, y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction):

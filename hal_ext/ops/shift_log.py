@@ -2,14 +2,14 @@
 import torch
 
 from .. import _native
-from .._validation import check_float_tensor
+from .._validation import check_float_tensor, result_dtype
 from ..reference import mdd as reference
 
 if _native.native_available():
 
     @torch.library.register_fake("hal_ext::shift_log")
-    def _(x, offset):
-        return x.new_empty(x.shape)
+    def _(x, offset, out_dtype=None):
+        return x.new_empty(x.shape, dtype=result_dtype(out_dtype, x.dtype))
 
     @torch.library.register_fake("hal_ext::_shift_log_backward")
     def _(grad, x, offset):

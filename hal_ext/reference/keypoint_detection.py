@@ -15,7 +15,10 @@ def _rows(t):
 
 def joints_mse_loss(output, target, target_weight=None, reduction="mean"):
     B, K = output.shape[0], output.shape[1]
-    loss = 0.5 * (_rows(output) - _rows(target)) ** 2
+    # tllib's nn.MSELoss(reduction='none') * 0.5 (float32 under torch.autocast, as tllib's), on inputs
+    # of one dtype (torch 2.11's mse_loss backward fails on mixed dtypes)
+    dtype = torch.promote_types(output.dtype, target.dtype)
+    loss = F.mse_loss(_rows(output).to(dtype), _rows(target).to(dtype), reduction='none') * 0.5
     if target_weight is not None:
         loss = loss * target_weight.reshape(B, K, 1)
     if reduction == "mean":
@@ -30,8 +33,9 @@ def joints_kl_loss(output, target, target_weight=None, reduction="mean", epsilon
     log_q = F.log_softmax(_rows(output), dim=-1)
     t = _rows(target) + epsilon
     t = t / t.sum(dim=-1, keepdim=True)
-    # KLDivLoss(reduction='none'): xlogy(t, t) - t * log_q, so 0 log 0 = 0.
-    loss = (torch.xlogy(t, t) - t * log_q).sum(dim=-1)
+    # tllib's nn.KLDivLoss(reduction='none'): xlogy(t, t) - t * log_q, so 0 log 0 = 0 (float32 under
+    # torch.autocast, as tllib's)
+    loss = F.kl_div(log_q, t, reduction='none').sum(dim=-1)
     if target_weight is not None:
         loss = loss * target_weight.reshape(B, K)
     if reduction == "mean":

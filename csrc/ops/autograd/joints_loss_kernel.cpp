@@ -22,11 +22,12 @@ std::optional<at::Tensor> optional_of(const at::Tensor& t) {
 class JointsMSELossFunction : public torch::autograd::Function<JointsMSELossFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& output, const at::Tensor& target,
-                            const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+                            const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                            std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({output, target, target_weight.value_or(at::Tensor())});
     ctx->saved_data["reduction"] = reduction;
-    return joints_mse_loss(output, target, target_weight, reduction);
+    return joints_mse_loss(output, target, target_weight, reduction, out_dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
@@ -38,16 +39,17 @@ class JointsMSELossFunction : public torch::autograd::Function<JointsMSELossFunc
     }
     at::Tensor g = _joints_mse_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]),
                                              ctx->saved_data["reduction"].toInt());
-    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 class JointsKLLossFunction : public torch::autograd::Function<JointsKLLossFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& output, const at::Tensor& target,
-                            const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon) {
+                            const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon,
+                            std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, stats] = _joints_kl_loss_forward(output, target, target_weight, reduction, epsilon);
+    auto [loss, stats] = _joints_kl_loss_forward(output, target, target_weight, reduction, epsilon, out_dtype);
     ctx->save_for_backward({output, target, target_weight.value_or(at::Tensor()), stats});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["epsilon"] = epsilon;
@@ -65,19 +67,20 @@ class JointsKLLossFunction : public torch::autograd::Function<JointsKLLossFuncti
     at::Tensor g = _joints_kl_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]), saved[3],
                                             ctx->saved_data["reduction"].toInt(),
                                             ctx->saved_data["epsilon"].toDouble());
-    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor joints_mse_loss_autograd(const at::Tensor& output, const at::Tensor& target,
-                                    const std::optional<at::Tensor>& target_weight, int64_t reduction) {
-  return JointsMSELossFunction::apply(output, target, target_weight, reduction);
+                                    const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                                    std::optional<at::ScalarType> out_dtype) {
+  return JointsMSELossFunction::apply(output, target, target_weight, reduction, out_dtype);
 }
 
 at::Tensor joints_kl_loss_autograd(const at::Tensor& output, const at::Tensor& target,
                                    const std::optional<at::Tensor>& target_weight, int64_t reduction,
-                                   double epsilon) {
-  return JointsKLLossFunction::apply(output, target, target_weight, reduction, epsilon);
+                                   double epsilon, std::optional<at::ScalarType> out_dtype) {
+  return JointsKLLossFunction::apply(output, target, target_weight, reduction, epsilon, out_dtype);
 }
 
 }  // namespace

@@ -19,9 +19,11 @@ namespace {
 
 class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> {
  public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& predictions) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& predictions,
+                                               std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, means] = mcd_entropy(predictions);
+    auto [loss, means] = mcd_entropy(predictions, out_dtype);
+    ctx->saved_data["dtype"] = predictions.scalar_type();  // the gradient's, whatever the loss's
     ctx->mark_non_differentiable({means});
     ctx->set_materialize_grads(false);  // the means never get a gradient: no zeros for them
     ctx->save_for_backward({means});
@@ -33,21 +35,23 @@ class McdEntropyFunction : public torch::autograd::Function<McdEntropyFunction> 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  const torch::autograd::variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    if (!grad_outputs[0].defined()) return {at::Tensor()};  // not materialised: zero
-    if (at::GradMode::is_enabled()) {                          // create_graph=True
+    if (!grad_outputs[0].defined()) return {at::Tensor(), at::Tensor()};  // not materialised: zero
+    if (at::GradMode::is_enabled()) {                                      // create_graph=True
       const auto [predictions] = kept_inputs<1>(ctx, "hal_ext::mcd_entropy", {"predictions"});
-      return {differentiable_grads::mcd_entropy(grad_outputs[0], predictions)};
+      return {differentiable_grads::mcd_entropy(grad_outputs[0], predictions), at::Tensor()};
     }
     const c10::SymInt batch_size = ctx->saved_data["batch_size"].toSymInt();
-    const at::Tensor row = _mcd_entropy_backward(grad_outputs[0], saved[0], batch_size);
+    const at::Tensor row =
+        _mcd_entropy_backward(grad_outputs[0], saved[0], batch_size, ctx->saved_data["dtype"].toScalarType());
     std::vector<c10::SymInt> sizes{batch_size};
     sizes.insert(sizes.end(), row.sym_sizes().begin(), row.sym_sizes().end());
-    return {row.expand_symint(sizes)};
+    return {row.expand_symint(sizes), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> mcd_entropy_autograd(const at::Tensor& predictions) {
-  auto outputs = McdEntropyFunction::apply(predictions);
+std::tuple<at::Tensor, at::Tensor> mcd_entropy_autograd(const at::Tensor& predictions,
+                                                       std::optional<at::ScalarType> out_dtype) {
+  auto outputs = McdEntropyFunction::apply(predictions, out_dtype);
   return {outputs[0], outputs[1]};
 }
 

@@ -33,7 +33,7 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
   static variable_list forward(AutogradContext* ctx, const at::Tensor& y_s, const at::Tensor& y_s_adv,
                                const at::Tensor& y_t, const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                                const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
-                               bool in_forward) {
+                               std::optional<at::ScalarType> out_dtype, bool in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor loss, stats, argmax;
     if (in_forward) {
@@ -42,7 +42,8 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
           _classification_mdd_with_grad(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
       ctx->save_for_backward({g_s, g_t, argmax});
     } else {
-      std::tie(loss, stats, argmax) = classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction);
+      std::tie(loss, stats, argmax) =
+          classification_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, out_dtype);
       ctx->save_for_backward({y_s_adv, y_t_adv, stats, argmax});
     }
     keep_inputs(ctx, {y_s_adv, y_t_adv, w_s.value_or(at::Tensor()), w_t.value_or(at::Tensor())});
@@ -61,7 +62,7 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
       std::tie(g_s, g_t) = logit_grads(ctx, grad);
     }
     return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 
  private:
@@ -92,13 +93,16 @@ class ClassificationMddFunction : public torch::autograd::Function<Classificatio
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_autograd(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
+    std::optional<at::ScalarType> out_dtype) {
   check_constant_weight(w_s, "w_s");
   check_constant_weight(w_t, "w_t");
   // (N, C) float/double logits on the CPU: the forward keeps its exponentials as the unit gradients
-  // instead of the backward recomputing them (exp dominates the CPU cost).
-  const bool in_forward = unit_grads_in_forward(mdd_detail::fused_grad_supported(y_s_adv), y_s_adv, y_t_adv);
-  auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, in_forward);
+  // instead of the backward recomputing them (exp dominates the CPU cost). Their loss has their dtype.
+  const bool in_forward = unit_grads_in_forward(mdd_detail::fused_grad_supported(y_s_adv) && !out_dtype.has_value(),
+                                                y_s_adv, y_t_adv);
+  auto out = ClassificationMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, out_dtype,
+                                              in_forward);
   return {out[0], out[1], out[2]};
 }
 
@@ -107,13 +111,13 @@ class RegressionMddFunction : public torch::autograd::Function<RegressionMddFunc
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_s, const at::Tensor& y_s_adv,
                             const at::Tensor& y_t, const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                             const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
-                            int64_t reduction) {
+                            int64_t reduction, std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({y_s, y_s_adv, y_t, y_t_adv, w_s.value_or(at::Tensor()), w_t.value_or(at::Tensor())});
     ctx->saved_data["margin"] = margin;
     ctx->saved_data["loss_kind"] = loss_kind;
     ctx->saved_data["reduction"] = reduction;
-    return regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+    return regression_mdd(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction, out_dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
@@ -130,17 +134,18 @@ class RegressionMddFunction : public torch::autograd::Function<RegressionMddFunc
                                                ctx->saved_data["margin"].toDouble(),
                                                ctx->saved_data["loss_kind"].toInt(),
                                                ctx->saved_data["reduction"].toInt());
-    return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {at::Tensor(), g_s,          at::Tensor(), g_t,          at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor regression_mdd_autograd(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                                    const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                                    const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
-                                   int64_t reduction) {
+                                   int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   check_constant_weight(w_s, "w_s");
   check_constant_weight(w_t, "w_t");
-  return RegressionMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction);
+  return RegressionMddFunction::apply(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, loss_kind, reduction, out_dtype);
 }
 
 }  // namespace

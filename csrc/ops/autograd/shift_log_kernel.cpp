@@ -13,11 +13,12 @@ namespace {
 
 class ShiftLogFunction : public torch::autograd::Function<ShiftLogFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double offset) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double offset,
+                            std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x});
     ctx->saved_data["offset"] = offset;
-    return shift_log(x, offset);
+    return shift_log(x, offset, out_dtype);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -25,13 +26,15 @@ class ShiftLogFunction : public torch::autograd::Function<ShiftLogFunction> {
     const auto saved = ctx->get_saved_variables();
     const double offset = ctx->saved_data["offset"].toDouble();
     if (at::GradMode::is_enabled()) {  // create_graph=True
-      return {differentiable_grads::shift_log(grad_outputs[0], saved[0], offset), at::Tensor()};
+      return {differentiable_grads::shift_log(grad_outputs[0], saved[0], offset), at::Tensor(), at::Tensor()};
     }
-    return {_shift_log_backward(grad_outputs[0], saved[0], offset), at::Tensor()};
+    return {_shift_log_backward(grad_outputs[0], saved[0], offset), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor shift_log_autograd(const at::Tensor& x, double offset) { return ShiftLogFunction::apply(x, offset); }
+at::Tensor shift_log_autograd(const at::Tensor& x, double offset, std::optional<at::ScalarType> out_dtype) {
+  return ShiftLogFunction::apply(x, offset, out_dtype);
+}
 
 }  // namespace
 

@@ -14,12 +14,12 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
-#include <type_traits>
 #include <utility>
 
 #include "common/checks.h"
 #include "common/cpu_reduce.h"
 #include "common/fast_math.h"
+#include "common/loss_dtype.h"
 #include "common/macros.h"
 #include "common/reduction.h"
 #include "ops/mdd.h"
@@ -223,7 +223,7 @@ inline void unit_row_grads(acc_t* o, int32_t c, int32_t h, const acc_t* st, int 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
     const at::Tensor& y_s_in, const at::Tensor& y_s_adv_in, const at::Tensor& y_t_in, const at::Tensor& y_t_adv_in,
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin_d,
-    int64_t reduction, std::pair<at::Tensor, at::Tensor>* grads) {
+    int64_t reduction, std::optional<at::ScalarType> out_dtype, std::pair<at::Tensor, at::Tensor>* grads) {
   const auto geo = mdd_detail::check_classification(y_s_in, y_s_adv_in, y_t_in, y_t_adv_in, w_s_in, w_t_in, reduction);
   const Reduction red = to_reduction(reduction);
   const at::Tensor y_s = y_s_in.contiguous(), y_s_adv = y_s_adv_in.contiguous();
@@ -232,11 +232,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
   const at::Tensor w_t = mdd_detail::expand_weight(w_t_in, geo.sample_shape, y_s_adv);
   const auto dtype = y_s_adv.scalar_type();
   const auto acc_dtype = at::toOpMathType(dtype);
+  const auto loss_dtype = result_dtype(out_dtype, dtype);
   const int64_t M = geo.m, C = geo.c, D = geo.d;
   at::Tensor stats = at::empty({math::kStats, M}, y_s_adv.options().dtype(acc_dtype));
   at::Tensor argmax = at::empty({2, M}, y_s_adv.options().dtype(at::kLong));
-  at::Tensor out = red == Reduction::None ? at::empty(geo.sample_shape, y_s_adv.options())
-                                          : at::empty({}, y_s_adv.options());
+  at::Tensor out = red == Reduction::None ? at::empty(geo.sample_shape, y_s_adv.options().dtype(loss_dtype))
+                                          : at::empty({}, y_s_adv.options().dtype(loss_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "classification_mdd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t margin = static_cast<acc_t>(margin_d);
@@ -251,8 +252,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
     // Per-sample losses in acc_t: the output itself for 'none' when it has that dtype.
     at::Tensor buffer;
     acc_t* row_loss;
-    if (red == Reduction::None && std::is_same_v<scalar_t, acc_t>) {
-      row_loss = reinterpret_cast<acc_t*>(out.mutable_data_ptr<scalar_t>());
+    if (red == Reduction::None && loss_dtype == acc_dtype) {
+      row_loss = out.mutable_data_ptr<acc_t>();
     } else {
       buffer = at::empty({M}, y_s_adv.options().dtype(acc_dtype));
       row_loss = buffer.mutable_data_ptr<acc_t>();
@@ -319,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
       });
     }
     if (red == Reduction::None) {
-      if (!std::is_same_v<scalar_t, acc_t>) {
+      if (loss_dtype != acc_dtype) {
         scalar_t* o = out.mutable_data_ptr<scalar_t>();
         for (int64_t r = 0; r < M; ++r) o[r] = static_cast<scalar_t>(row_loss[r]);
       }
@@ -330,7 +331,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
         return s;
       });
       const double value = red == Reduction::Mean ? total / static_cast<double>(M) : total;
-      *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+      with_scalar_or_acc_type<scalar_t>(loss_dtype, [&](auto tag) {
+        using out_t = typename decltype(tag)::type;
+        *out.mutable_data_ptr<out_t>() = static_cast<out_t>(value);
+      });
     }
   });
   return {out, stats, argmax};
@@ -338,8 +342,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_forward(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cpu(
     const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t, const at::Tensor& y_t_adv,
-    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction) {
-  return classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, nullptr);
+    const std::optional<at::Tensor>& w_s, const std::optional<at::Tensor>& w_t, double margin, int64_t reduction,
+    std::optional<at::ScalarType> out_dtype) {
+  return classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, out_dtype, nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cpu(const at::Tensor& grad_in,
@@ -421,7 +426,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> classific
   }
   std::pair<at::Tensor, at::Tensor> grads;
   auto [out, stats, argmax] =
-      classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, &grads);
+      classification_mdd_forward(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, margin, reduction, std::nullopt, &grads);
   return {out, stats, argmax, grads.first, grads.second};
 }
 

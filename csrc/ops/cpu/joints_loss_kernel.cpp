@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cpu_parallel.h"
+#include "common/loss_dtype.h"
 #include "ops/cpu/joints_loss_rows.h"
 #include "ops/joints_loss_common.h"
 
@@ -20,30 +21,37 @@ namespace {
 using namespace joints_loss;
 using namespace joints_loss_cpu;
 
-// Weighted row losses -> the output tensor: (B, K) for 'none' (row / divisor), scalar mean otherwise.
+// Weighted row losses -> the output tensor (its dtype scalar_t's or acc_t's): (B, K) for 'none'
+// (row / divisor), scalar mean otherwise.
 template <typename scalar_t, typename acc_t>
 void finish_rows(const std::vector<acc_t>& row, int64_t reduction, acc_t none_divisor, acc_t mean_divisor,
                  at::Tensor& out) {
-  scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  if (reduction == 0) {
-    for (size_t r = 0; r < row.size(); ++r) o[r] = static_cast<scalar_t>(row[r] / none_divisor);
-  } else {
-    acc_t total = 0;
-    for (const acc_t v : row) total += v;
-    *o = static_cast<scalar_t>(total / mean_divisor);
-  }
+  with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
+    using out_t = typename decltype(tag)::type;
+    out_t* o = out.mutable_data_ptr<out_t>();
+    if (reduction == 0) {
+      for (size_t r = 0; r < row.size(); ++r) o[r] = static_cast<out_t>(row[r] / none_divisor);
+    } else {
+      acc_t total = 0;
+      for (const acc_t v : row) total += v;
+      *o = static_cast<out_t>(total / mean_divisor);
+    }
+  });
 }
 
-at::Tensor new_loss(const at::Tensor& output, const Rows& s, int64_t reduction) {
-  return reduction == 0 ? at::empty({s.B, s.K}, output.options()) : at::empty({}, output.options());
+at::Tensor new_loss(const at::Tensor& output, const Rows& s, int64_t reduction,
+                    std::optional<at::ScalarType> out_dtype) {
+  const auto options = output.options().dtype(result_dtype(out_dtype, output.scalar_type()));
+  return reduction == 0 ? at::empty({s.B, s.K}, options) : at::empty({}, options);
 }
 
 at::Tensor joints_mse_loss_cpu(const at::Tensor& output, const at::Tensor& target,
-                               const std::optional<at::Tensor>& target_weight, int64_t reduction) {
+                               const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                               std::optional<at::ScalarType> out_dtype) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc_dtype(output.scalar_type()));
-  at::Tensor out = new_loss(output, s, reduction);
+  at::Tensor out = new_loss(output, s, reduction, out_dtype);
   const int64_t rows = s.rows(), n = s.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_mse_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -93,12 +101,13 @@ at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& output, const at::Tensor& target,
                                                               const std::optional<at::Tensor>& target_weight,
-                                                              int64_t reduction, double epsilon) {
+                                                              int64_t reduction, double epsilon,
+                                                              std::optional<at::ScalarType> out_dtype) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   const auto acc = acc_dtype(output.scalar_type());
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc);
-  at::Tensor out = new_loss(output, s, reduction);
+  at::Tensor out = new_loss(output, s, reduction, out_dtype);
   at::Tensor stats = at::empty({s.B, s.K, 2}, output.options().dtype(acc));
   const int64_t rows = s.rows(), n = s.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_kl_loss_cpu", [&] {
@@ -123,8 +132,9 @@ std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& 
 }
 
 at::Tensor joints_kl_loss_cpu(const at::Tensor& output, const at::Tensor& target,
-                              const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon) {
-  return std::get<0>(joints_kl_loss_forward_cpu(output, target, target_weight, reduction, epsilon));
+                              const std::optional<at::Tensor>& target_weight, int64_t reduction, double epsilon,
+                              std::optional<at::ScalarType> out_dtype) {
+  return std::get<0>(joints_kl_loss_forward_cpu(output, target, target_weight, reduction, epsilon, out_dtype));
 }
 
 at::Tensor joints_kl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,

@@ -15,6 +15,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_reduce.h"
+#include "common/loss_dtype.h"
 #include "common/macros.h"
 #include "ops/mcd_entropy.h"
 #include "ops/mcd_entropy_math.h"
@@ -91,12 +92,13 @@ int64_t row_size(const at::Tensor& t) {
   return m;
 }
 
-std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions) {
+std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions,
+                                                   std::optional<at::ScalarType> out_dtype) {
   check_mcd_entropy_input(predictions);
   const at::Tensor p = predictions.contiguous();
   const int64_t n = p.size(0), m = row_size(p);
   const auto acc_type = at::toOpMathType(p.scalar_type());
-  at::Tensor loss = at::empty({}, p.options());
+  at::Tensor loss = at::empty({}, p.options().dtype(result_dtype(out_dtype, p.scalar_type())));
   at::Tensor means = at::empty(p.sizes().slice(1), p.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mcd_entropy_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -132,20 +134,27 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cpu(const at::Tensor& predictions
     });
     acc_t total = 0;
     for (const acc_t s : log_sums) total += s;
-    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(math::loss<acc_t>(total, m));
+    with_scalar_or_acc_type<scalar_t>(loss.scalar_type(), [&](auto tag) {
+      using out_t = typename decltype(tag)::type;
+      *loss.mutable_data_ptr<out_t>() = static_cast<out_t>(math::loss<acc_t>(total, m));
+    });
   });
   return {loss, means};
 }
 
-at::Tensor mcd_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& column_means, int64_t batch_size) {
-  check_mcd_entropy_backward_input(grad, column_means, batch_size);
+at::Tensor mcd_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& column_means, int64_t batch_size,
+                                    std::optional<at::ScalarType> out_dtype) {
+  const auto dtype = check_mcd_entropy_backward_input(grad, column_means, batch_size, out_dtype);
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
-  at::Tensor out = at::empty(means.sizes(), means.options().dtype(grad.scalar_type()));
+  at::Tensor out = at::empty(means.sizes(), means.options().dtype(dtype));
   if (n == 0 || m == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mcd_entropy_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mcd_entropy_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t g = static_cast<acc_t>(*grad.const_data_ptr<scalar_t>());
+    acc_t g = 0;
+    with_scalar_or_acc_type<scalar_t>(grad.scalar_type(), [&](auto tag) {
+      g = static_cast<acc_t>(*grad.const_data_ptr<typename decltype(tag)::type>());
+    });
     const acc_t g_over_mn = g / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
     column_grads(g_over_mn, means.const_data_ptr<acc_t>(), m, out.mutable_data_ptr<scalar_t>());
   });

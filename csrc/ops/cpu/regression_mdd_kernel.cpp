@@ -11,6 +11,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_reduce.h"
+#include "common/loss_dtype.h"
 #include "common/macros.h"
 #include "common/reduction.h"
 #include "ops/mdd.h"
@@ -50,11 +51,11 @@ inline acc_t element_loss(Side<scalar_t> s, Side<scalar_t> t, acc_t margin, int6
                               weight_at<kWeighted, acc_t>(t.w, i));
 }
 
-template <int kKind, bool kWeighted, typename scalar_t, typename acc_t>
-void losses_range(Side<scalar_t> s, Side<scalar_t> t, acc_t margin, scalar_t* out, int64_t begin, int64_t end) {
+template <int kKind, bool kWeighted, typename scalar_t, typename acc_t, typename out_t>
+void losses_range(Side<scalar_t> s, Side<scalar_t> t, acc_t margin, out_t* out, int64_t begin, int64_t end) {
   HAL_SIMD
   for (int64_t i = begin; i < end; ++i) {
-    out[i] = static_cast<scalar_t>(element_loss<kKind, kWeighted>(s, t, margin, i));
+    out[i] = static_cast<out_t>(element_loss<kKind, kWeighted>(s, t, margin, i));
   }
 }
 
@@ -109,12 +110,13 @@ void with_variant(int kind, bool weighted, const Body& body) {
 at::Tensor regression_mdd_cpu(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                               const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                               const std::optional<at::Tensor>& w_t, double margin_d, int64_t loss_kind,
-                              int64_t reduction) {
+                              int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   const Reduction red = to_reduction(reduction);
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
-  at::Tensor out = red == Reduction::None ? at::empty(y_s.sizes(), y_s_adv.options()) : at::empty({}, y_s_adv.options());
+  const auto loss_options = y_s_adv.options().dtype(result_dtype(out_dtype, y_s_adv.scalar_type()));
+  at::Tensor out = red == Reduction::None ? at::empty(y_s.sizes(), loss_options) : at::empty({}, loss_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t margin = static_cast<acc_t>(margin_d);
@@ -123,16 +125,19 @@ at::Tensor regression_mdd_cpu(const at::Tensor& y_s, const at::Tensor& y_s_adv, 
     with_variant(static_cast<int>(loss_kind), weighted, [&](auto kind, auto w) {
       constexpr int kKind = decltype(kind)::value;
       constexpr bool kWeighted = decltype(w)::value;
-      if (red == Reduction::None) {
-        scalar_t* o = out.mutable_data_ptr<scalar_t>();
-        parallel_chunks(n, [&](int64_t b, int64_t e) { losses_range<kKind, kWeighted>(s, t, margin, o, b, e); });
-      } else {
-        const double total = ordered_parallel_sum<double>(n, [&](int64_t b, int64_t e) {
-          return static_cast<double>(loss_sum_range<kKind, kWeighted>(s, t, margin, b, e));
-        });
-        const double value = red == Reduction::Mean ? total / static_cast<double>(n) : total;
-        *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
-      }
+      with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
+        using out_t = typename decltype(tag)::type;
+        if (red == Reduction::None) {
+          out_t* o = out.mutable_data_ptr<out_t>();
+          parallel_chunks(n, [&](int64_t b, int64_t e) { losses_range<kKind, kWeighted>(s, t, margin, o, b, e); });
+        } else {
+          const double total = ordered_parallel_sum<double>(n, [&](int64_t b, int64_t e) {
+            return static_cast<double>(loss_sum_range<kKind, kWeighted>(s, t, margin, b, e));
+          });
+          const double value = red == Reduction::Mean ? total / static_cast<double>(n) : total;
+          *out.mutable_data_ptr<out_t>() = static_cast<out_t>(value);
+        }
+      });
     });
   });
   return out;

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/loss_dtype.h"
 #include "ops/cuda/joints_loss_rows.cuh"
 #include "ops/joints_loss_common.h"
 
@@ -27,23 +28,24 @@ struct TensorTarget {
   __device__ scalar_t operator()(int64_t r, int64_t p) const { return x[r * n + p]; }
 };
 
-// Row losses (acc dtype) -> the result in the output dtype.
-at::Tensor finish(const at::Tensor& rows, const at::Tensor& like, const Rows& s, int64_t reduction) {
-  if (reduction == 0) return rows.view({s.B, s.K}).to(like.scalar_type());
+// Row losses (acc dtype) -> the result in the loss dtype (a no-op cast when it is the acc dtype).
+at::Tensor finish(const at::Tensor& rows, at::ScalarType loss_dtype, const Rows& s, int64_t reduction) {
+  if (reduction == 0) return rows.view({s.B, s.K}).to(loss_dtype);
   at::Tensor total = at::empty({}, rows.options());
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "joints_loss_mean_cuda", [&] {
     cuda::launch_ordered_sum<scalar_t>(rows, rows.numel(), RowsTerm<scalar_t>{rows.const_data_ptr<scalar_t>()},
                                        WriteMeanOf<scalar_t>{total.mutable_data_ptr<scalar_t>(),
                                                              static_cast<scalar_t>(rows.numel())});
   });
-  return total.to(like.scalar_type());
+  return total.to(loss_dtype);
 }
 
 template <bool kKL>
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& output, const at::Tensor& target,
                                                 const std::optional<at::Tensor>& target_weight, int64_t reduction,
-                                                double epsilon) {
+                                                double epsilon, std::optional<at::ScalarType> out_dtype) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
+  const auto loss_dtype = result_dtype(out_dtype, output.scalar_type());
   c10::cuda::CUDAGuard guard(output.device());
   const auto acc = acc_dtype(output.scalar_type());
   const at::Tensor z = output.contiguous(), x = target.contiguous();
@@ -62,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& output, const 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {finish(rows, output, s, reduction), stats};
+  return {finish(rows, loss_dtype, s, reduction), stats};
 }
 
 template <bool kKL>
@@ -96,20 +98,22 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& output, const
   return result;
 }
 
-at::Tensor mse_cuda(const at::Tensor& o, const at::Tensor& t, const std::optional<at::Tensor>& w, int64_t red) {
-  return std::get<0>(forward_cuda<false>(o, t, w, red, 0.0));
+at::Tensor mse_cuda(const at::Tensor& o, const at::Tensor& t, const std::optional<at::Tensor>& w, int64_t red,
+                    std::optional<at::ScalarType> out_dtype) {
+  return std::get<0>(forward_cuda<false>(o, t, w, red, 0.0, out_dtype));
 }
 at::Tensor mse_backward_cuda(const at::Tensor& g, const at::Tensor& o, const at::Tensor& t,
                              const std::optional<at::Tensor>& w, int64_t red) {
   return backward_cuda<false>(g, o, t, w, nullptr, red, 0.0);
 }
 std::tuple<at::Tensor, at::Tensor> kl_forward_cuda(const at::Tensor& o, const at::Tensor& t,
-                                                   const std::optional<at::Tensor>& w, int64_t red, double eps) {
-  return forward_cuda<true>(o, t, w, red, eps);
+                                                   const std::optional<at::Tensor>& w, int64_t red, double eps,
+                                                   std::optional<at::ScalarType> out_dtype) {
+  return forward_cuda<true>(o, t, w, red, eps, out_dtype);
 }
 at::Tensor kl_cuda(const at::Tensor& o, const at::Tensor& t, const std::optional<at::Tensor>& w, int64_t red,
-                   double eps) {
-  return std::get<0>(forward_cuda<true>(o, t, w, red, eps));
+                   double eps, std::optional<at::ScalarType> out_dtype) {
+  return std::get<0>(forward_cuda<true>(o, t, w, red, eps, out_dtype));
 }
 at::Tensor kl_backward_cuda(const at::Tensor& g, const at::Tensor& o, const at::Tensor& t,
                             const std::optional<at::Tensor>& w, const at::Tensor& stats, int64_t red, double eps) {

@@ -14,6 +14,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_reduce.cuh"
+#include "common/loss_dtype.h"
 #include "ops/mcd_entropy.h"
 #include "ops/mcd_entropy_math.h"
 
@@ -44,11 +45,11 @@ struct ColumnLogTerm {
   }
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename out_t, typename acc_t>
 struct WriteLoss {
-  scalar_t* out;
+  out_t* out;
   int64_t m;
-  __device__ void operator()(acc_t total) const { *out = static_cast<scalar_t>(math::loss<acc_t>(total, m)); }
+  __device__ void operator()(acc_t total) const { *out = static_cast<out_t>(math::loss<acc_t>(total, m)); }
 };
 
 // partials[r, k] = sum of p[i, k] over rows [r * kDirectRows, (r + 1) * kDirectRows).
@@ -63,8 +64,8 @@ __global__ void column_partials_kernel(const scalar_t* p, acc_t* partials, int64
   partials[r * m + k] = s;
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void mcd_entropy_backward_kernel(const scalar_t* grad, const acc_t* means, scalar_t* out, int64_t n,
+template <typename scalar_t, typename acc_t, typename grad_t>
+__global__ void mcd_entropy_backward_kernel(const grad_t* grad, const acc_t* means, scalar_t* out, int64_t n,
                                             int64_t m) {
   const acc_t g_over_mn = static_cast<acc_t>(*grad) / (static_cast<acc_t>(m) * static_cast<acc_t>(n));
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -73,7 +74,8 @@ __global__ void mcd_entropy_backward_kernel(const scalar_t* grad, const acc_t* m
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& predictions) {
+std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& predictions,
+                                                    std::optional<at::ScalarType> out_dtype) {
   check_mcd_entropy_input(predictions);
   c10::cuda::CUDAGuard guard(predictions.device());
   const at::Tensor p = predictions.contiguous();
@@ -81,44 +83,52 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& prediction
   int64_t m = 1;
   for (int64_t d = 1; d < p.dim(); ++d) m *= p.size(d);
   const auto acc_type = at::toOpMathType(p.scalar_type());
-  at::Tensor loss = at::empty({}, p.options());
+  at::Tensor loss = at::empty({}, p.options().dtype(result_dtype(out_dtype, p.scalar_type())));
   at::Tensor means = at::empty(p.sizes().slice(1), p.options().dtype(acc_type));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mcd_entropy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* in = p.const_data_ptr<scalar_t>();
     acc_t* mean = means.mutable_data_ptr<acc_t>();
-    const WriteLoss<scalar_t, acc_t> finish{loss.mutable_data_ptr<scalar_t>(), m};
-    if (n <= kDirectRows || m == 0) {
-      cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, nullptr, mean, n, m, 0}, finish);
-      return;
-    }
-    const int64_t splits = (n + kDirectRows - 1) / kDirectRows;
-    at::Tensor partials = at::empty({splits, m}, p.options().dtype(acc_type));
-    acc_t* part = partials.mutable_data_ptr<acc_t>();
-    const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(splits));
-    column_partials_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(in, part, n, m);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, part, mean, n, m, splits}, finish);
+    with_scalar_or_acc_type<scalar_t>(loss.scalar_type(), [&](auto tag) {
+      using out_t = typename decltype(tag)::type;
+      const WriteLoss<out_t, acc_t> finish{loss.mutable_data_ptr<out_t>(), m};
+      if (n <= kDirectRows || m == 0) {
+        cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, nullptr, mean, n, m, 0}, finish);
+        return;
+      }
+      const int64_t splits = (n + kDirectRows - 1) / kDirectRows;
+      at::Tensor partials = at::empty({splits, m}, p.options().dtype(acc_type));
+      acc_t* part = partials.mutable_data_ptr<acc_t>();
+      const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(splits));
+      column_partials_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(in, part, n, m);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, part, mean, n, m, splits}, finish);
+    });
   });
   return {loss, means};
 }
 
-at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& column_means, int64_t batch_size) {
-  check_mcd_entropy_backward_input(grad, column_means, batch_size);
+at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& column_means, int64_t batch_size,
+                                     std::optional<at::ScalarType> out_dtype) {
+  const auto dtype = check_mcd_entropy_backward_input(grad, column_means, batch_size, out_dtype);
   check_same_device(column_means, "column_means", grad, "grad");
   c10::cuda::CUDAGuard guard(column_means.device());
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
-  at::Tensor out = at::empty(means.sizes(), means.options().dtype(grad.scalar_type()));
+  at::Tensor out = at::empty(means.sizes(), means.options().dtype(dtype));
   if (n == 0 || m == 0) return out;
   const at::Tensor g = grad.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mcd_entropy_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mcd_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    mcd_entropy_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(m, kThreads), kThreads, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_scalar_or_acc_type<scalar_t>(g.scalar_type(), [&](auto tag) {
+      using grad_t = typename decltype(tag)::type;
+      mcd_entropy_backward_kernel<scalar_t, acc_t, grad_t>
+          <<<cuda::elementwise_blocks(m, kThreads), kThreads, 0, stream>>>(
+              g.const_data_ptr<grad_t>(), means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }

@@ -15,6 +15,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_reduce.cuh"
+#include "common/loss_dtype.h"
 #include "common/reduction.h"
 #include "ops/mdd.h"
 #include "ops/mdd_math.h"
@@ -26,14 +27,15 @@ namespace math = mdd_math;
 
 constexpr int kThreads = 256;
 
-template <typename scalar_t, typename acc_t>
+// out_t: the loss dtype, scalar_t or acc_t (common/loss_dtype.h).
+template <typename scalar_t, typename acc_t, typename out_t>
 struct ClsParams {
   const scalar_t* y[2];
   const scalar_t* z[2];
   const scalar_t* w[2];
   acc_t* stats;
   int64_t* argmax;
-  scalar_t* out;
+  out_t* out;
   acc_t* partials;
   int64_t m, c, d;
   acc_t margin;
@@ -45,13 +47,13 @@ __device__ __forceinline__ T lanes_xor(T v, int offset) {
   return __shfl_xor_sync(0xffffffffu, v, offset, LANES);
 }
 
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void write_reduced(scalar_t* out, acc_t total, int64_t m, int reduction) {
-  *out = static_cast<scalar_t>(reduction == 1 ? total / static_cast<acc_t>(m) : total);
+template <typename out_t, typename acc_t>
+__device__ __forceinline__ void write_reduced(out_t* out, acc_t total, int64_t m, int reduction) {
+  *out = static_cast<out_t>(reduction == 1 ? total / static_cast<acc_t>(m) : total);
 }
 
-template <typename scalar_t, typename acc_t, int LANES>
-__global__ void classification_mdd_forward_kernel(ClsParams<scalar_t, acc_t> p) {
+template <typename scalar_t, typename acc_t, typename out_t, int LANES>
+__global__ void classification_mdd_forward_kernel(ClsParams<scalar_t, acc_t, out_t> p) {
   const int lane = threadIdx.x % LANES;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (blockDim.x / LANES);
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / LANES;
@@ -114,7 +116,7 @@ __global__ void classification_mdd_forward_kernel(ClsParams<scalar_t, acc_t> p) 
       st[math::kStatQT * p.m + r] = q_t;
       p.argmax[r] = h[0];
       p.argmax[p.m + r] = h[1];
-      if (p.reduction == 0) p.out[r] = static_cast<scalar_t>(loss);
+      if (p.reduction == 0) p.out[r] = static_cast<out_t>(loss);
       else partial += loss;
     }
   }
@@ -127,9 +129,9 @@ __global__ void classification_mdd_forward_kernel(ClsParams<scalar_t, acc_t> p) 
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename out_t, typename acc_t>
 struct WriteReduced {
-  scalar_t* out;
+  out_t* out;
   int64_t m;
   int reduction;
   __device__ void operator()(acc_t total) const { write_reduced(out, total, m, reduction); }
@@ -163,7 +165,7 @@ __global__ void classification_mdd_backward_kernel(const acc_t* grad, const scal
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
     const at::Tensor& y_s_in, const at::Tensor& y_s_adv_in, const at::Tensor& y_t_in, const at::Tensor& y_t_adv_in,
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin,
-    int64_t reduction) {
+    int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   const auto geo = mdd_detail::check_classification(y_s_in, y_s_adv_in, y_t_in, y_t_adv_in, w_s_in, w_t_in, reduction);
   c10::cuda::CUDAGuard guard(y_s_in.device());
   const at::Tensor y_s = y_s_in.contiguous(), y_s_adv = y_s_adv_in.contiguous();
@@ -176,47 +178,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
   at::Tensor stats = at::empty({math::kStats, M}, y_s_adv.options().dtype(acc_dtype));
   at::Tensor argmax = at::empty({2, M}, y_s_adv.options().dtype(at::kLong));
   const bool none = reduction == 0;
-  at::Tensor out = none ? at::empty(geo.sample_shape, y_s_adv.options()) : at::empty({}, y_s_adv.options());
+  const auto loss_options = y_s_adv.options().dtype(result_dtype(out_dtype, dtype));
+  at::Tensor out = none ? at::empty(geo.sample_shape, loss_options) : at::empty({}, loss_options);
   if (none && M == 0) return {out, stats, argmax};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "classification_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ClsParams<scalar_t, acc_t> p;
-    p.y[0] = y_s.const_data_ptr<scalar_t>();
-    p.y[1] = y_t.const_data_ptr<scalar_t>();
-    p.z[0] = y_s_adv.const_data_ptr<scalar_t>();
-    p.z[1] = y_t_adv.const_data_ptr<scalar_t>();
-    p.w[0] = w_s.defined() ? w_s.const_data_ptr<scalar_t>() : nullptr;
-    p.w[1] = w_t.defined() ? w_t.const_data_ptr<scalar_t>() : nullptr;
-    p.stats = stats.mutable_data_ptr<acc_t>();
-    p.argmax = argmax.mutable_data_ptr<int64_t>();
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.partials = nullptr;
-    p.m = M;
-    p.c = geo.c;
-    p.d = geo.d;
-    p.margin = static_cast<acc_t>(margin);
-    p.reduction = static_cast<int>(reduction);
-    const bool warp_rows = geo.d == 1;
-    const int64_t rows_per_block = warp_rows ? kThreads / 32 : kThreads;
-    int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((M + rows_per_block - 1) / rows_per_block, 4096));
-    if (!none && M * geo.c <= (int64_t(1) << 18)) blocks = 1;  // small: one launch, one block
-    at::Tensor partials;
-    if (blocks > 1 && !none) {
-      partials = at::empty({blocks}, y_s_adv.options().dtype(acc_dtype));
-      p.partials = partials.mutable_data_ptr<acc_t>();
-    }
-    if (warp_rows) {
-      classification_mdd_forward_kernel<scalar_t, acc_t, 32><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-    } else {
-      classification_mdd_forward_kernel<scalar_t, acc_t, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (blocks > 1 && !none) {
-      cuda::sum_partials_kernel<acc_t><<<1, cuda::kReduceThreads, 0, stream>>>(
-          p.partials, blocks, WriteReduced<scalar_t, acc_t>{p.out, M, p.reduction});
+    with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
+      using out_t = typename decltype(tag)::type;
+      ClsParams<scalar_t, acc_t, out_t> p;
+      p.y[0] = y_s.const_data_ptr<scalar_t>();
+      p.y[1] = y_t.const_data_ptr<scalar_t>();
+      p.z[0] = y_s_adv.const_data_ptr<scalar_t>();
+      p.z[1] = y_t_adv.const_data_ptr<scalar_t>();
+      p.w[0] = w_s.defined() ? w_s.const_data_ptr<scalar_t>() : nullptr;
+      p.w[1] = w_t.defined() ? w_t.const_data_ptr<scalar_t>() : nullptr;
+      p.stats = stats.mutable_data_ptr<acc_t>();
+      p.argmax = argmax.mutable_data_ptr<int64_t>();
+      p.out = out.mutable_data_ptr<out_t>();
+      p.partials = nullptr;
+      p.m = M;
+      p.c = geo.c;
+      p.d = geo.d;
+      p.margin = static_cast<acc_t>(margin);
+      p.reduction = static_cast<int>(reduction);
+      const bool warp_rows = geo.d == 1;
+      const int64_t rows_per_block = warp_rows ? kThreads / 32 : kThreads;
+      int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((M + rows_per_block - 1) / rows_per_block, 4096));
+      if (!none && M * geo.c <= (int64_t(1) << 18)) blocks = 1;  // small: one launch, one block
+      at::Tensor partials;
+      if (blocks > 1 && !none) {
+        partials = at::empty({blocks}, y_s_adv.options().dtype(acc_dtype));
+        p.partials = partials.mutable_data_ptr<acc_t>();
+      }
+      if (warp_rows) {
+        classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 32>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      } else {
+        classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 1>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+      if (blocks > 1 && !none) {
+        cuda::sum_partials_kernel<acc_t><<<1, cuda::kReduceThreads, 0, stream>>>(
+            p.partials, blocks, WriteReduced<out_t, acc_t>{p.out, M, p.reduction});
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
   });
   return {out, stats, argmax};
 }
@@ -263,11 +271,11 @@ struct RegTerm {
   }
 };
 
-template <typename scalar_t, typename acc_t>
-__global__ void regression_none_kernel(RegTerm<scalar_t, acc_t> term, scalar_t* out, int64_t n) {
+template <typename scalar_t, typename acc_t, typename out_t>
+__global__ void regression_none_kernel(RegTerm<scalar_t, acc_t> term, out_t* out, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = static_cast<scalar_t>(term(i));
+    out[i] = static_cast<out_t>(term(i));
   }
 }
 
@@ -298,27 +306,31 @@ RegTerm<scalar_t, acc_t> make_term(const mdd_detail::RegressionInputs& in, doubl
 at::Tensor regression_mdd_cuda(const at::Tensor& y_s, const at::Tensor& y_s_adv, const at::Tensor& y_t,
                                const at::Tensor& y_t_adv, const std::optional<at::Tensor>& w_s,
                                const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
-                               int64_t reduction) {
+                               int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   c10::cuda::CUDAGuard guard(y_s.device());
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const bool none = reduction == 0;
-  at::Tensor out = none ? at::empty(y_s.sizes(), y_s_adv.options()) : at::empty({}, y_s_adv.options());
+  const auto loss_options = y_s_adv.options().dtype(result_dtype(out_dtype, y_s_adv.scalar_type()));
+  at::Tensor out = none ? at::empty(y_s.sizes(), loss_options) : at::empty({}, loss_options);
   if (none && n == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto term = make_term<scalar_t, acc_t>(in, margin, loss_kind);
-    if (none) {
-      regression_none_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
-          term, out.mutable_data_ptr<scalar_t>(), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      cuda::launch_ordered_sum<acc_t>(in.y_s_adv, n, term,
-                                      WriteReduced<scalar_t, acc_t>{out.mutable_data_ptr<scalar_t>(), n,
-                                                                    static_cast<int>(reduction)});
-    }
+    with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
+      using out_t = typename decltype(tag)::type;
+      if (none) {
+        regression_none_kernel<scalar_t, acc_t, out_t>
+            <<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(term, out.mutable_data_ptr<out_t>(), n);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        cuda::launch_ordered_sum<acc_t>(in.y_s_adv, n, term,
+                                        WriteReduced<out_t, acc_t>{out.mutable_data_ptr<out_t>(), n,
+                                                                   static_cast<int>(reduction)});
+      }
+    });
   });
   return out;
 }

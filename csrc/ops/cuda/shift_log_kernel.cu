@@ -9,6 +9,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_reduce.cuh"
+#include "common/loss_dtype.h"
 #include "ops/shift_log.h"
 #include "ops/shift_log_math.h"
 
@@ -18,16 +19,17 @@ namespace {
 namespace math = shift_log_math;
 constexpr int kThreads = 256;
 
-template <typename scalar_t, typename acc_t>
-__global__ void shift_log_kernel(const scalar_t* x, scalar_t* out, acc_t offset, int64_t n) {
+// out_t / grad_t: x's type, or its accumulation type (a float32 result of half x under autocast).
+template <typename scalar_t, typename acc_t, typename out_t>
+__global__ void shift_log_kernel(const scalar_t* x, out_t* out, acc_t offset, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = static_cast<scalar_t>(math::value<acc_t>(static_cast<acc_t>(x[i]), offset));
+    out[i] = static_cast<out_t>(math::value<acc_t>(static_cast<acc_t>(x[i]), offset));
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void shift_log_backward_kernel(const scalar_t* grad, const scalar_t* x, scalar_t* out, acc_t offset,
+template <typename scalar_t, typename acc_t, typename grad_t>
+__global__ void shift_log_backward_kernel(const grad_t* grad, const scalar_t* x, scalar_t* out, acc_t offset,
                                           int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -36,29 +38,30 @@ __global__ void shift_log_backward_kernel(const scalar_t* grad, const scalar_t* 
   }
 }
 
-at::Tensor shift_log_cuda(const at::Tensor& x, double offset) {
+at::Tensor shift_log_cuda(const at::Tensor& x, double offset, std::optional<at::ScalarType> out_dtype) {
   check_float_tensor(x, "x");
   check_shift_log_offset(offset);
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = at::empty_like(xc, xc.options().dtype(result_dtype(out_dtype, xc.scalar_type())));
   const int64_t n = xc.numel();
   if (n == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    shift_log_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
-        xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(offset), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
+      using out_t = typename decltype(tag)::type;
+      shift_log_kernel<scalar_t, acc_t, out_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<out_t>(), static_cast<acc_t>(offset), n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
 
 at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, double offset) {
   check_float_tensor(x, "x");
-  check_paired(x, "x", grad, "grad");
-  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad must have the dtype of x (", x.scalar_type(),
-                   "), got ", grad.scalar_type());
+  check_shift_log_grad(grad, x);
   check_shift_log_offset(offset);
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
@@ -68,10 +71,14 @@ at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    shift_log_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
-        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-        static_cast<acc_t>(offset), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_scalar_or_acc_type<scalar_t>(gc.scalar_type(), [&](auto tag) {
+      using grad_t = typename decltype(tag)::type;
+      shift_log_backward_kernel<scalar_t, acc_t, grad_t>
+          <<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+              gc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+              static_cast<acc_t>(offset), n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
