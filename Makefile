@@ -1,5 +1,6 @@
 # One-command set-up on a fresh machine: `make test` (tests) and `make bench` (kernel benchmark).
-# Both create .venv, install torch $(TORCH_VERSION) and the tools, build hal_ext, then run.
+# Both create .venv, install torch $(TORCH_VERSION) and the tools, build hal_ext in place and install
+# it into .venv as an editable package (`source .venv/bin/activate`, then `import hal_ext` anywhere).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ export HAL_EXT_CUDA
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup build test test-gpu-env bench bench-full gpu-check clean
+.PHONY: setup build install test test-gpu-env bench bench-full bench-record gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -25,7 +26,19 @@ build: setup
 	@mkdir -p build
 	$(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log | $(PY) scripts/build_progress.py \
 		|| { echo "==> build failed; last lines of build/build.log:"; tail -40 build/build.log; exit 1; }
-	$(PY) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> build_info:', info); sys.exit(0 if info['compiled'] else 1)"
+	@$(MAKE) --no-print-directory install
+	cd / && $(abspath $(PY)) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> hal_ext', hal_ext.__version__, 'build_info:', info); sys.exit(0 if info['compiled'] else 1)"
+
+# The in-place build, installed into the venv once as an editable package (the venv then imports the
+# checkout's hal_ext from any folder; later builds update it in place). Compat mode puts the checkout
+# on sys.path, so that hal_ext is found even from the checkout's parent folder, where the checkout
+# itself would otherwise pass for an empty namespace package.
+install: $(VENV)/.hal_ext-installed
+$(VENV)/.hal_ext-installed: setup.py
+	@echo "==> installing hal_ext into $(VENV) (editable)"
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps --config-settings editable_mode=compat -e . \
+		> build/install.log 2>&1 || { tail -40 build/install.log; exit 1; }
+	touch $@
 
 test: build
 	$(PY) -m pytest tests
@@ -51,9 +64,14 @@ bench: build
 bench-full:
 	$(MAKE) bench BENCH_ARGS=--full
 
+# The same run, written to the committed benchmarks/results/<machine>/ (plain `make bench` writes to
+# the git-ignored runs/benchmarks/<machine>/).
+bench-record:
+	$(MAKE) bench BENCH_ARGS="$(BENCH_ARGS) --record"
+
 # On a GPU machine with torch preinstalled (no .venv): build for sm_90, CUDA tests, benchmarks, under $$OUT.
 gpu-check:
 	scripts/gpu_check.sh
 
 clean:
-	rm -rf build hal_ext/_C*.so hal_ext/_build_config.py *.egg-info
+	rm -rf build hal_ext/_C*.so *.egg-info

@@ -15,7 +15,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_ROOT, "hal_ext")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Runs write to the git-ignored runs/ folder; the committed results/ change only on request (--out).
+RUNS_DIR = os.path.join(_ROOT, "runs", "examples")
 
 
 def base_parser(description: str, iters: int, quick_iters: int) -> argparse.ArgumentParser:
@@ -28,7 +29,8 @@ def base_parser(description: str, iters: int, quick_iters: int) -> argparse.Argu
                    help=f"a handful of iterations ({quick_iters}) on less data, for CI; no plot")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--out", default=RESULTS_DIR, help="folder for the PNG and the JSON summary")
+    p.add_argument("--out", default=RUNS_DIR, help="folder for the PNG and the JSON summary (default: runs/examples, "
+                   "ignored by git; `--out examples/results` updates the committed results)")
     p.add_argument("--no-plot", action="store_true", help="do not save the PNG")
     p.add_argument("--print-freq", type=int, default=0, help="progress updates (0: automatic)")
     p.set_defaults(quick_iters=quick_iters)
