@@ -9,8 +9,9 @@ Environment switches
                           its folder is never trusted.)
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0+PTX": A100, H100/H200, and PTX
                           that newer chips JIT-compile).
-  HAL_EXT_CPU_FLAGS       extra compiler flags for the CPU kernels (default: -mavx2 -mfma when
-                          the build machine has them).
+  HAL_EXT_CPU_FLAGS       compiler flags for the CPU kernels (default: -mavx2 -mfma when the
+                          build machine has them, plus -mavx512f -mavx512dq -mavx512bw -mavx512vl
+                          when it has those; the library then needs such a CPU to run).
   MAX_JOBS                parallel compile jobs (ninja).
 
 What the library is built with (torch, CUDA, arch list, flags) is compiled into it (a generated
@@ -31,6 +32,7 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+AVX512 = {"avx512f", "avx512dq", "avx512bw", "avx512vl"}  # the subsets every AVX-512 CPU since Skylake-SP has
 # hal_ext/_native.py looks for this prefix in the library file; keep the two in step.
 BUILD_INFO_MARKER = "HAL_EXT_BUILD_INFO:"
 
@@ -62,8 +64,8 @@ try:
 except ImportError:
     # pip's isolated build environment has no torch; a torch downloaded into it would not be the one
     # the library must match at run time (README, "Installing").
-    sys.exit("hal_ext compiles against the torch you will run: install torch first, then "
-             "`pip install --no-build-isolation .`")
+    sys.exit("hal_ext compiles against the torch it runs with, which an isolated build cannot see: "
+             "with torch installed, run `pip install --no-build-isolation .`")
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
@@ -95,7 +97,14 @@ def cpu_arch_flags():
             flags = set(f.read().split())
     except OSError:
         return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+    if not {"avx2", "fma"} <= flags:
+        return []
+    if AVX512 <= flags:
+        # AVX-512 instructions, at GCC's default 256-bit vector width: the JointsKLLoss row forward
+        # takes 3.4 ms instead of 5.1 ms per 32x21x64x64 batch on one AMD EPYC (Zen 4) core; 512-bit
+        # vectors (-mprefer-vector-width=512) measured the same there.
+        return ["-mavx2", "-mfma"] + [f"-m{name}" for name in sorted(AVX512)]
+    return ["-mavx2", "-mfma"]
 
 
 def write_if_changed(path, text):
@@ -163,8 +172,9 @@ def make_extension():
         "cxx_flags": " ".join(extra["cxx"]),
         "python": platform.python_version(),
     }
-    # One build folder per configuration (the Python version and every compile setting).
-    config = dict(info, nvcc_flags=extra.get("nvcc"), cuda_home=CUDA_HOME if with_cuda else None)
+    # One build folder per configuration: the torch installation (its headers), the Python, every flag.
+    config = dict(info, nvcc_flags=extra.get("nvcc"), cuda_home=CUDA_HOME if with_cuda else None,
+                  torch_dir=os.path.dirname(torch.__file__))
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     build_temp = os.path.join("build", f"temp-{key}")
     generated = os.path.join(build_temp, "generated", "build_info.cpp")
