@@ -26,19 +26,21 @@ build: setup
 	@mkdir -p build
 	$(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log | $(PY) scripts/build_progress.py \
 		|| { echo "==> build failed; last lines of build/build.log:"; tail -40 build/build.log; exit 1; }
-	@$(MAKE) --no-print-directory install
+	@cd / && $(abspath $(PY)) -c "import importlib.util as u, os, sys; s = u.find_spec('hal_ext'); \
+		sys.exit(s is None or not os.path.samefile(s.origin, sys.argv[1]))" "$(CURDIR)/hal_ext/__init__.py" \
+		|| $(MAKE) --no-print-directory install
 	cd / && $(abspath $(PY)) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> hal_ext', hal_ext.__version__, 'build_info:', info); sys.exit(0 if info['compiled'] else 1)"
 
-# The in-place build, installed into the venv once as an editable package (the venv then imports the
-# checkout's hal_ext from any folder; later builds update it in place). Compat mode puts the checkout
-# on sys.path, so that hal_ext is found even from the checkout's parent folder, where the checkout
-# itself would otherwise pass for an empty namespace package.
-install: $(VENV)/.hal_ext-installed
-$(VENV)/.hal_ext-installed: setup.py
-	@echo "==> installing hal_ext into $(VENV) (editable)"
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps --config-settings editable_mode=compat -e . \
-		> build/install.log 2>&1 || { tail -40 build/install.log; exit 1; }
-	touch $@
+# Installs this checkout into the venv as an editable package: the venv then imports the checkout's
+# hal_ext from any folder, and later in-place builds update it. `make build` runs this whenever the
+# venv's hal_ext is not this checkout's. Compat mode puts the checkout's folder on sys.path, so that
+# hal_ext is found even from the checkout's parent folder, where the checkout folder itself would
+# otherwise pass for an empty namespace package.
+install: setup
+	@echo "==> installing this checkout's hal_ext into $(VENV) (editable)"
+	@mkdir -p build
+	$(PY) -m pip install --no-build-isolation --no-deps --config-settings editable_mode=compat -e . \
+		> build/install.log 2>&1 || { echo "==> install failed; last lines of build/install.log:"; tail -40 build/install.log; exit 1; }
 
 test: build
 	$(PY) -m pytest tests

@@ -63,7 +63,7 @@ try:
     import torch
 except ImportError:
     # pip's isolated build environment has no torch; a torch downloaded into it would not be the one
-    # the library must match at run time (README, "Installing").
+    # the library must match at run time (README, "Building").
     sys.exit("hal_ext compiles against the torch it runs with, which an isolated build cannot see: "
              "with torch installed, run `pip install --no-build-isolation .`")
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402

@@ -1,5 +1,5 @@
 """Outputs: the table on stdout, and `<preset>.json`, `<preset>.md`, `<preset>.png` under
-`benchmarks/results/<machine>/`.
+`runs/benchmarks/<machine>/` (or, with --record, the committed `benchmarks/results/<machine>/`).
 
 Columns: median time per call of each contender with its spread (+-half the interquartile range, in %
 of the median); `eager/hal` and `compile/hal` (how many times slower than hal_ext: > 1 means
