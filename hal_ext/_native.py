@@ -1,8 +1,10 @@
 """Loads the compiled library (hal_ext/_C*.so) that registers the ``torch.ops.hal_ext`` operators.
 
-If it is missing, or was built against another torch/CUDA than the one running, hal_ext still
-imports: it warns once and every function uses the pure-torch reference in ``hal_ext.reference``.
-Set ``HAL_EXT_DISABLE_NATIVE=1`` to force the reference path.
+What the library was built with is read from the library file itself (setup.py compiles a build
+record into it) before the file is loaded. If the library is missing, or was built against another
+torch/CUDA than the one running, hal_ext still imports: it warns once and every function uses the
+pure-torch reference in ``hal_ext.reference``. Set ``HAL_EXT_DISABLE_NATIVE=1`` to force the
+reference path.
 """
 import importlib.util
 import json
