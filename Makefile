@@ -26,8 +26,8 @@ build: setup
 	@mkdir -p build
 	$(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log | $(PY) scripts/build_progress.py \
 		|| { echo "==> build failed; last lines of build/build.log:"; tail -40 build/build.log; exit 1; }
-	@cd / && $(abspath $(PY)) -c "import importlib.util as u, os, sys; s = u.find_spec('hal_ext'); \
-		sys.exit(s is None or not os.path.samefile(s.origin, sys.argv[1]))" "$(CURDIR)/hal_ext/__init__.py" \
+	@(cd / && $(abspath $(PY)) -c "import importlib.util as u, os, sys; s = u.find_spec('hal_ext'); \
+		sys.exit(s is None or not os.path.samefile(s.origin, sys.argv[1]))" "$(CURDIR)/hal_ext/__init__.py") \
 		|| $(MAKE) --no-print-directory install
 	cd / && $(abspath $(PY)) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> hal_ext', hal_ext.__version__, 'build_info:', info); sys.exit(0 if info['compiled'] else 1)"
 
