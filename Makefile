@@ -1,5 +1,6 @@
 # One-command set-up on a fresh machine: `make test` (tests) and `make bench` (kernel benchmark).
-# Both create .venv, install torch $(TORCH_VERSION) and the tools, build hal_ext, then run.
+# Both create .venv, install torch $(TORCH_VERSION) and the tools, build hal_ext in place and install
+# it into .venv as an editable package (`source .venv/bin/activate`, then `import hal_ext` anywhere).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ export HAL_EXT_CUDA
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup build test test-asan test-gpu-env bench bench-full gpu-check clean
+.PHONY: setup build install test test-asan test-gpu-env bench bench-full bench-record gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -25,7 +26,21 @@ build: setup
 	@mkdir -p build
 	$(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log | $(PY) scripts/build_progress.py \
 		|| { echo "==> build failed; last lines of build/build.log:"; tail -40 build/build.log; exit 1; }
-	$(PY) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> build_info:', info); sys.exit(0 if info['compiled'] else 1)"
+	@(cd / && $(abspath $(PY)) -c "import importlib.util as u, os, sys; s = u.find_spec('hal_ext'); \
+		sys.exit(s is None or not os.path.samefile(s.origin, sys.argv[1]))" "$(CURDIR)/hal_ext/__init__.py") \
+		|| $(MAKE) --no-print-directory install
+	cd / && $(abspath $(PY)) -c "import hal_ext, sys; info = hal_ext.build_info(); print('==> hal_ext', hal_ext.__version__, 'build_info:', info); sys.exit(0 if info['compiled'] else 1)"
+
+# Installs this checkout into the venv as an editable package: the venv then imports the checkout's
+# hal_ext from any folder, and later in-place builds update it. `make build` runs this whenever the
+# venv's hal_ext is not this checkout's. Compat mode puts the checkout's folder on sys.path, so that
+# hal_ext is found even from the checkout's parent folder, where the checkout folder itself would
+# otherwise pass for an empty namespace package.
+install: setup
+	@echo "==> installing this checkout's hal_ext into $(VENV) (editable)"
+	@mkdir -p build
+	$(PY) -m pip install --no-build-isolation --no-deps --config-settings editable_mode=compat -e . \
+		> build/install.log 2>&1 || { echo "==> install failed; last lines of build/install.log:"; tail -40 build/install.log; exit 1; }
 
 test: build
 	$(PY) -m pytest tests
@@ -59,9 +74,14 @@ bench: build
 bench-full:
 	$(MAKE) bench BENCH_ARGS=--full
 
+# The same run, written to the committed benchmarks/results/<machine>/ (plain `make bench` writes to
+# the git-ignored runs/benchmarks/<machine>/).
+bench-record:
+	$(MAKE) bench BENCH_ARGS="$(BENCH_ARGS) --record"
+
 # On a GPU machine with torch preinstalled (no .venv): build for sm_90, CUDA tests, benchmarks, under $$OUT.
 gpu-check:
 	scripts/gpu_check.sh
 
 clean:
-	rm -rf build hal_ext/_C*.so hal_ext/_build_config.py *.egg-info
+	rm -rf build hal_ext/_C*.so *.egg-info

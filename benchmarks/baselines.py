@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hal_ext.reference.regda import heatmap_table
+
 
 def shift_log(x, offset=1e-6):
     return torch.log(torch.clamp(x + offset, max=1.0))
@@ -82,24 +84,7 @@ def fast_pseudo_label_2d(heatmap, sigma=2):
     return ground_truth, ground_false
 
 
-@functools.lru_cache(maxsize=4)
-def _gaussian_table(height, width, sigma):
-    """table[x, y] = the truncated Gaussian map (H, W) with peak (x, y), float32 (SPEC formula)."""
-    t = 3 * sigma
-    c = np.floor((2 * t + 1) / 2)
-
-    def window(n):  # (n positions, n pixels): squared offset to the window centre, or inf outside
-        mu = np.arange(n)
-        ul = np.trunc(mu - t).astype(np.int64)
-        br = np.trunc(mu + t + 1).astype(np.int64)
-        pix = np.arange(n)
-        d2 = ((pix[None, :] - ul[:, None]) - c) ** 2
-        inside = (pix[None, :] >= np.maximum(ul, 0)[:, None]) & (pix[None, :] < np.minimum(br, n)[:, None])
-        return np.where(inside, d2, np.inf).astype(np.float32)
-
-    dx, dy = window(width), window(height)  # (W, W), (H, H)
-    table = np.exp(-(dy[None, :, :, None] + dx[:, None, None, :]) / np.float32(2 * sigma ** 2))
-    return table.astype(np.float32)  # (W, H, H, W): 64 MiB at 64x64
+_gaussian_table = functools.lru_cache(maxsize=4)(heatmap_table)  # (W, H, H, W): 64 MiB at 64x64
 
 
 class TableGenerator2d:

@@ -1,5 +1,5 @@
 """Outputs: the table on stdout, and `<preset>.json`, `<preset>.md`, `<preset>.png` under
-`benchmarks/results/<machine>/`.
+`runs/benchmarks/<machine>/` (or, with --record, the committed `benchmarks/results/<machine>/`).
 
 Columns: median time per call of each contender with its spread (+-half the interquartile range, in %
 of the median); `eager/hal` and `compile/hal` (how many times slower than hal_ext: > 1 means
@@ -137,7 +137,27 @@ def markdown(result):
     return "\n".join(lines)
 
 
+def _bar_group(ax, labels, series, label_size):
+    """Horizontal bars growing from 1 (equal time) on a log axis, one bar per (series, label), each
+    carrying its value: right of 1 hal_ext is faster, left of it slower."""
+    y = range(len(labels))
+    height = 0.8 / len(series)
+    for n, (name, color, vals) in enumerate(series):
+        offsets = [i - 0.4 + height * (n + 0.5) for i in y]
+        ax.barh(offsets, [v - 1 for v in vals], left=1.0, height=height, color=color, label=name)
+        for yy, v in zip(offsets, vals):
+            if v == v:  # not NaN
+                ax.text(v * 1.04 if v >= 1 else v / 1.04, yy, f"{v:.2f}x", va="center",
+                        ha="left" if v >= 1 else "right", fontsize=6.5)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=label_size)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+
+
 def chart(result, path):
+    """Speedup of hal_ext per op and shape (contender time / hal_ext time) and, below, per training step,
+    with the value on every bar; the legend sits above the plot, the title names machine and commit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,27 +166,41 @@ def chart(result, path):
 
     rows = [r for r in result["results"] if "ratio_to_hal_ext" in r["contenders"].get("eager", {})
             or "ratio_to_hal_ext" in r["contenders"].get("compile", {})]
-    labels = [f"{r['op']} {'x'.join(map(str, r['shape']))} {r['mode']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * max(1, len(rows))))
-    y = range(len(rows))
-    for offset, name, color in ((-0.2, "eager", "tab:blue"), (0.2, "compile", "tab:orange")):
-        vals = [r["contenders"].get(name, {}).get("ratio_to_hal_ext", float("nan")) for r in rows]
-        # bars grow from 1 (equal time): right of it hal_ext is faster, left of it slower
-        ax.barh([i + offset for i in y], [v - 1 for v in vals], left=1.0, height=0.4, color=color,
-                label=f"{name} / hal_ext")
-    ax.axvline(1.0, color="black", linewidth=0.8)
+    train = [t for t in result.get("train_steps", []) if "skipped" not in t
+             and t["contenders"].get("eager", {}).get("median_s") and t["contenders"].get("hal_ext", {}).get("median_s")]
+    nan = float("nan")
+    op_series = [(f"{name} / hal_ext", color, [r["contenders"].get(name, {}).get("ratio_to_hal_ext", nan) for r in rows])
+                 for name, color in (("eager", "tab:blue"), ("compile", "tab:orange"))]
+    train_series = [("training step: it/s with hal_ext losses / it/s with eager losses", "tab:green",
+                     [t["contenders"]["eager"]["median_s"] / t["contenders"]["hal_ext"]["median_s"] for t in train])]
+    panels = []
+    if rows:
+        panels.append(([f"{r['op']} {'x'.join(map(str, r['shape']))} {r['mode']}" for r in rows], op_series))
+    if train:
+        panels.append(([f"{t['method']} training step" for t in train], train_series))
+    if not panels:
+        return
+    heights = [max(1, len(labels)) for labels, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                             figsize=(9.5, 1.9 + 0.34 * sum(heights) + 0.4 * len(panels)),
+                             gridspec_kw={"height_ratios": heights})
+    values = [v for _, series in panels for _, _, vals in series for v in vals if v == v]
+    for ax, (labels, series) in zip(axes[:, 0], panels):
+        _bar_group(ax, labels, series, label_size=7)
+        ax.legend(fontsize=7.5, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False,
+                  borderaxespad=0.2)
+    ax = axes[-1, 0]
     ax.set_xscale("log")
+    ax.set_xlim(min(0.8, min(values) / 1.6), max(values) * 1.9)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yticks(list(y))
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speedup of hal_ext (contender time / hal_ext time, log scale)")
+    ax.set_xlabel("speedup of hal_ext (contender time / hal_ext time, log scale; > 1: hal_ext faster)")
     meta = result["meta"]
-    ax.set_title(f"{meta['machine']} ({meta['device']}, {meta['dtype']}), torch {meta['torch']}, {meta['date'][:10]}",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    commit = meta.get("hal_ext_commit") or "unknown commit"
+    commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    fig.suptitle(f"hal_ext {commit} on {meta['machine']} ({meta['device']}, {meta['dtype']}), "
+                 f"torch {meta['torch']}, {meta['date'][:10]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

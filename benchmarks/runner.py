@@ -125,7 +125,7 @@ def run_one(case, shape, mode, device, dtype, opts, log=print):
         else:
             entry.update(stats[name])
             entry["first_call_s"] = first_call[name]
-            if hal_median:
+            if hal_median and name != "floor":  # the floor is reported the other way up: row["hal_ext_over_floor"]
                 entry["ratio_to_hal_ext"] = stats[name]["median_s"] / hal_median
             if opts.get("memory", True):
                 entry["memory"] = memory.peak_extra(fns[name], device)
@@ -201,7 +201,9 @@ def format_row_brief(row):
             parts.append(f"{name} ERROR")
             continue
         ratio = c.get("ratio_to_hal_ext")
-        parts.append(f"{name} {format_time(c['median_s'])}" + (f" ({ratio:.2f}x)" if ratio and name != "hal_ext" else ""))
+        parts.append(f"{name} {format_time(c['median_s'])}" + (f" ({name}/hal {ratio:.2f}x)" if ratio and name != "hal_ext" else ""))
+    if "hal_ext_over_floor" in row:
+        parts.append(f"hal/floor {row['hal_ext_over_floor']:.2f}")
     return ", ".join(parts)
 
 

@@ -16,7 +16,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_ROOT, "hal_ext")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Runs write to the git-ignored runs/ folder; the committed results/ change only on request (--out).
+RUNS_DIR = os.path.join(_ROOT, "runs", "examples")
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -35,7 +36,8 @@ def base_parser(description: str, iters: int, quick_iters: int) -> argparse.Argu
                    help="dtype of the data, the model and the losses (default: %(default)s; in float64 the two "
                         "back-ends follow the same trajectory to about 1e-9 on any CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--out", default=RESULTS_DIR, help="folder for the PNG and the JSON summary")
+    p.add_argument("--out", default=RUNS_DIR, help="folder for the PNG and the JSON summary (default: runs/examples, "
+                   "ignored by git; `--out examples/results` updates the committed results)")
     p.add_argument("--no-plot", action="store_true", help="do not save the PNG")
     p.add_argument("--print-freq", type=int, default=0, help="progress updates (0: automatic)")
     p.set_defaults(quick_iters=quick_iters)

@@ -8,7 +8,7 @@ generator G and two ImageClassifierHeads F1, F2, trained with the three-step upd
 Source: two moons; target: the same moons rotated by --angle degrees. Source-only is the same
 network trained with step A's cross-entropy alone for the same number of iterations.
 
-    python examples/mcd.py                     # hal_ext losses, full run, PNG in examples/results/
+    python examples/mcd.py                     # hal_ext losses, full run, PNG in runs/examples/
     python examples/mcd.py --losses reference  # the pure-torch tllib-semantics losses
     python examples/mcd.py --quick             # a few iterations (CI)
 """

@@ -8,7 +8,7 @@ SGD and tllib's inverse-decay learning rate. Source: white shapes on black; targ
 on random colour textures (see shapes.py). Source-only is the same classifier trained on the
 cross-entropy alone for the same number of iterations.
 
-    python examples/mdd.py                     # hal_ext losses, full run, PNG in examples/results/
+    python examples/mdd.py                     # hal_ext losses, full run, PNG in runs/examples/
     python examples/mdd.py --losses reference  # the pure-torch tllib-semantics losses
     python examples/mdd.py --quick             # a few iterations (CI)
 """

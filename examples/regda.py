@@ -14,7 +14,7 @@ thickness from a round base. Source: thin white limbs on black; target: thicker 
 random colour texture. Accuracy is PCK: the share of keypoints whose heatmap argmax lies within
 0.1 x the heatmap size of the true one (tllib's keypoint accuracy with thr=1.0).
 
-    python examples/regda.py                     # hal_ext losses, full run, PNG in examples/results/
+    python examples/regda.py                     # hal_ext losses, full run, PNG in runs/examples/
     python examples/regda.py --losses reference  # the pure-torch tllib-semantics losses
     python examples/regda.py --quick             # a few iterations (CI)
 """

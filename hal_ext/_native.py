@@ -1,42 +1,60 @@
 """Loads the compiled library (hal_ext/_C*.so) that registers the ``torch.ops.hal_ext`` operators.
 
-If it is missing, or was built against another torch/CUDA than the one running, hal_ext still
-imports: it warns once and every function uses the pure-torch reference in ``hal_ext.reference``.
-Set ``HAL_EXT_DISABLE_NATIVE=1`` to force the reference path.
+What the library was built with is read from the library file itself (setup.py compiles a build
+record into it) before the file is loaded. If the library is missing, or was built against another
+torch/CUDA than the one running, hal_ext still imports: it warns once and every function uses the
+pure-torch reference in ``hal_ext.reference``. Set ``HAL_EXT_DISABLE_NATIVE=1`` to force the
+reference path.
 """
 import importlib.util
+import json
+import mmap
 import os
 import warnings
 
 import torch
 
-_LOADED = False
-_REASON = None
-_CONFIG = None
+# setup.py compiles this prefix and a JSON object into the library (build/temp-*/generated/build_info.cpp).
+_BUILD_INFO_MARKER = b"HAL_EXT_BUILD_INFO:"
+
+
+def _library_path():
+    spec = importlib.util.find_spec("hal_ext._C")
+    return spec.origin if spec is not None else None
+
+
+def read_build_info(path):
+    """What the library at `path` was built with (the dict setup.py compiled into it), read from the
+    file without loading it; None for a library without that record."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = data.find(_BUILD_INFO_MARKER)
+        if start < 0:
+            return None
+        start += len(_BUILD_INFO_MARKER)
+        return json.loads(data[start:data.find(b"\0", start)])
 
 
 def _load():
-    try:
-        from . import _build_config as config
-    except ImportError:
-        return None, "the native library was never built (run `make build` or `pip install --no-build-isolation .`)"
+    path = _library_path()
+    config = read_build_info(path) if path else None
     if os.environ.get("HAL_EXT_DISABLE_NATIVE", "0") == "1":
-        return config, "disabled by HAL_EXT_DISABLE_NATIVE=1"
-    if config.TORCH_VERSION != torch.__version__:
-        return config, f"built against torch {config.TORCH_VERSION} but torch {torch.__version__} is running; rebuild hal_ext"
-    if config.WITH_CUDA and config.CUDA_VERSION != torch.version.cuda:
-        return config, f"built against CUDA {config.CUDA_VERSION} but torch uses CUDA {torch.version.cuda}; rebuild hal_ext"
-    spec = importlib.util.find_spec("hal_ext._C")
-    if spec is None or spec.origin is None:
-        return config, "hal_ext/_C library file not found (the build did not complete)"
+        return config, path, "disabled by HAL_EXT_DISABLE_NATIVE=1"
+    if path is None:
+        return None, None, "the native library was never built (run `make build` or `pip install --no-build-isolation .`)"
+    if config is None:
+        return None, path, f"{path} has no build record (built by an older setup.py); rebuild hal_ext"
+    if config["torch"] != torch.__version__:
+        return config, path, f"built against torch {config['torch']} but torch {torch.__version__} is running; rebuild hal_ext"
+    if config["cuda"] and config["cuda_version"] != torch.version.cuda:
+        return config, path, f"built against CUDA {config['cuda_version']} but torch uses CUDA {torch.version.cuda}; rebuild hal_ext"
     try:
-        torch.ops.load_library(spec.origin)
+        torch.ops.load_library(path)
     except OSError as error:
-        return config, f"loading {spec.origin} failed: {error}"
-    return config, None
+        return config, path, f"loading {path} failed: {error}"
+    return config, path, None
 
 
-_CONFIG, _REASON = _load()
+_CONFIG, _LIBRARY, _REASON = _load()
 _LOADED = _REASON is None
 if not _LOADED:
     warnings.warn(f"hal_ext: native kernels unavailable ({_REASON}); using the pure-torch reference implementation",
@@ -89,23 +107,28 @@ def _has_cuda_kernels():
 
 
 def build_info():
-    """How hal_ext was built and whether its native kernels are in use.
+    """How hal_ext's native library was built (read from the library file itself) and whether it is in use.
 
-    Returns a dict with ``compiled`` (native library loaded), ``cuda`` (CUDA kernels compiled in and
-    registered), ``cuda_arch_list``, ``torch`` (the version built against), ``torch_running``,
-    ``cuda_version`` and, when not compiled, ``reason``.
+    Returns a dict with ``compiled`` (native library loaded), ``cuda`` (CUDA kernels registered),
+    ``cuda_arch_list``, ``cuda_version``, ``torch`` (the version built against), ``cxx_flags``,
+    ``library`` (the file), ``version``, ``torch_running`` and, when not compiled, ``reason``. The
+    build fields are None when there is no library, or it has no build record.
 
     >>> import hal_ext
     >>> hal_ext.build_info()["compiled"]
     True
     """
+    built = _CONFIG or {}
     info = {
         "compiled": _LOADED,
         "cuda": _has_cuda_kernels(),
-        "cuda_arch_list": getattr(_CONFIG, "CUDA_ARCH_LIST", None),
-        "torch": getattr(_CONFIG, "TORCH_VERSION", None),
+        "cuda_arch_list": built.get("cuda_arch_list"),
+        "cuda_version": built.get("cuda_version"),
+        "torch": built.get("torch"),
         "torch_running": torch.__version__,
-        "cuda_version": getattr(_CONFIG, "CUDA_VERSION", None),
+        "cxx_flags": built.get("cxx_flags"),
+        "library": _LIBRARY,
+        "version": built.get("version"),
     }
     if not _LOADED:
         info["reason"] = _REASON

@@ -50,6 +50,7 @@ class JointsMSELoss(nn.Module):
     def __init__(self, reduction: str = 'mean'):
         super(JointsMSELoss, self).__init__()
         keypoint_reduction_code(reduction)
+        self.criterion = nn.MSELoss(reduction='none')  # tllib's attribute; the fused kernel does its work
         self.reduction = reduction
 
     def forward(self, output: torch.Tensor, target: torch.Tensor,
@@ -101,6 +102,7 @@ class JointsKLLoss(nn.Module):
     def __init__(self, reduction: str = 'mean', epsilon: float = 0.):
         super(JointsKLLoss, self).__init__()
         keypoint_reduction_code(reduction)
+        self.criterion = nn.KLDivLoss(reduction='none')  # tllib's attribute; the fused kernel does its work
         self.reduction = reduction
         self.epsilon = epsilon
 

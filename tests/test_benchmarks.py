@@ -28,12 +28,52 @@ def test_suite_writes_json_and_markdown(tmp_path):
         for name, c in row["contenders"].items():
             assert "error" not in c, (name, c)
             assert c["reps"] == 2 and c["q1_s"] <= c["median_s"] <= c["q3_s"]
-            assert c["ratio_to_hal_ext"] > 0 and c["memory"]["peak_bytes"] >= 0
+            assert c["memory"]["peak_bytes"] >= 0
+            # one direction everywhere: contenders over hal_ext, hal_ext over the floor
+            assert ("ratio_to_hal_ext" in c) == (name != "floor"), name
+        assert row["contenders"]["eager"]["ratio_to_hal_ext"] > 0
     md = (tmp_path / "tiny.md").read_text()
     assert "test-machine" in md and "| classifier_discrepancy | 4x5 | fwd+bwd |" in md
     for column in report.TABLE_COLUMNS:
         assert column in md
     assert (tmp_path / "tiny.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--shapes", "3x"], "argument --shapes: '3x' is not a shape"),
+    (["--shapes", "32x31,ax4"], "argument --shapes: 'ax4' is not a shape"),
+    (["--ops", "entropy,nope"], "argument --ops: nope: expected a comma-separated subset of"),
+    (["--modes", "bwd"], "argument --modes: bwd: expected a comma-separated subset of fwd,fwd+bwd"),
+    (["--reps", "0"], "argument --reps: expected a positive integer, got '0'"),
+    (["--device", "tpu"], "argument --device: expected cpu, cuda, cuda:N or auto, got 'tpu'"),
+    (["--record", "--out", "x"], "argument --record: not allowed with --out"),
+])
+def test_bad_options_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: python -m benchmarks") and message in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main.parse_args(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "argument --device: cuda requested, but this machine has no usable CUDA device" in capsys.readouterr().err
+
+
+def test_default_output_is_ignored_by_git():
+    import subprocess
+    root = bench_main.ROOT
+    probe = f"{bench_main.RUNS}/cpu-some-machine-2c/quick.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
+    assert ignored.returncode == 0, f"{probe} is not ignored by git"
+    committed = subprocess.run(["git", "check-ignore", "-q", f"{bench_main.RESULTS}/cpu-some-machine-2c/quick.json"],
+                               cwd=root)
+    assert committed.returncode == 1, "--record's folder must not be ignored"
 
 
 def test_missing_api_is_skipped_with_a_note():

@@ -6,6 +6,7 @@ import sys
 import torch
 
 import hal_ext
+from hal_ext._native import read_build_info
 from helpers import expects_cuda_kernels
 
 OPS = [
@@ -70,21 +71,35 @@ def test_fallback_without_native_library_warns_once_and_works():
     assert result.stderr.count("hal_ext: native kernels unavailable") == 1, result.stderr
 
 
+def test_build_info_is_read_from_the_library_itself():
+    info = hal_ext.build_info()
+    record = read_build_info(info["library"])
+    assert record is not None, f"{info['library']} carries no build record"
+    assert os.path.dirname(info["library"]) == os.path.dirname(hal_ext.__file__)
+    for key in ("torch", "cuda_version", "cuda_arch_list", "cxx_flags", "version"):
+        assert info[key] == record[key], key
+    assert record["version"] == hal_ext.__version__
+    assert record["cuda"] == info["cuda"], "the library's record and its registered CUDA kernels disagree"
+
+
 def test_version_mismatch_is_reported_not_fatal(tmp_path):
-    # A copy of the package whose build config names another torch: import must warn and fall back.
+    # A copy of the package whose library records another torch: import must warn and fall back.
     import shutil
     package = os.path.dirname(hal_ext.__file__)
     copy = tmp_path / "hal_ext"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    config = copy / "_build_config.py"
-    config.write_text(config.read_text().replace(f"TORCH_VERSION = {torch.__version__!r}", "TORCH_VERSION = '1.0.0'"))
+    library = copy / os.path.basename(hal_ext.build_info()["library"])
+    other = "0." + "9" * (len(torch.__version__) - 2)  # same length: the file stays a valid library
+    old = f'"torch": "{torch.__version__}"'.encode()
+    data = library.read_bytes()
+    assert data.count(old) == 1
+    library.write_bytes(data.replace(old, f'"torch": "{other}"'.encode()))
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]) if len(sys.argv) > 1 else None\n"
-        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
         "import hal_ext\n"
         "info = hal_ext.build_info()\n"
-        "assert not info['compiled'] and '1.0.0' in info['reason'], info\n"
+        f"assert not info['compiled'] and {other!r} in info['reason'] and info['torch'] == {other!r}, info\n"
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert "built against torch 1.0.0" in result.stderr
+    assert f"built against torch {other}" in result.stderr

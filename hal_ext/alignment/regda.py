@@ -14,6 +14,7 @@ from ..modules.gl import WarmStartGradientLayer
 from ..ops.pseudo_label import check_heatmaps, check_sigma
 from ..ops.pseudo_label import fast_pseudo_label_2d as _fast_pseudo_label_2d
 from ..ops.pseudo_label import pseudo_label_2d as _pseudo_label_2d
+from ..reference.regda import heatmap_table
 
 __all__ = ["FastPseudoLabelGenerator2d", "PseudoLabelGenerator2d", "RegressionDisparity", "PoseResNet2d"]
 
@@ -108,6 +109,24 @@ class PseudoLabelGenerator2d(nn.Module):
         self.height = height
         self.width = width
         self.sigma = sigma
+        self._heatmaps = None
+
+    @property
+    def heatmaps(self):
+        """tllib's table (NumPy float32, ``(W, H, H, W)``, ``heatmaps[x][y]`` the map of a peak at column
+        ``x``, row ``y``), for code that reads it; built on first access (64 MiB at 64x64). The forward
+        never uses it."""
+        if self._heatmaps is None:
+            self._heatmaps = heatmap_table(self.height, self.width, self.sigma)
+        return self._heatmaps
+
+    @property
+    def false_matrix(self):
+        """tllib's ``1 - eye(num_keypoints)`` (NumPy float32): ``ground_false`` is ``ground_truth`` times it
+        over the keypoints, clamped to [0, 1]."""
+        import numpy as np
+
+        return 1. - np.eye(self.num_keypoints, dtype=np.float32)
 
     def forward(self, y: torch.Tensor):
         check_heatmaps(y)
