@@ -8,7 +8,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -163,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin,
     int64_t reduction) {
   const auto geo = mdd_detail::check_classification(y_s_in, y_s_adv_in, y_t_in, y_t_adv_in, w_s_in, w_t_in, reduction);
-  c10::cuda::CUDAGuard guard(y_s_in.device());
+  cuda::DeviceGuard guard(y_s_in.device());
   const at::Tensor y_s = y_s_in.contiguous(), y_s_adv = y_s_adv_in.contiguous();
   const at::Tensor y_t = y_t_in.contiguous(), y_t_adv = y_t_adv_in.contiguous();
   const at::Tensor w_s = mdd_detail::expand_weight(w_s_in, geo.sample_shape, y_s_adv);
@@ -176,7 +175,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
   const bool none = reduction == 0;
   at::Tensor out = none ? at::empty(geo.sample_shape, y_s_adv.options()) : at::empty({}, y_s_adv.options());
   if (none && M == 0) return {out, stats, argmax};
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "classification_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ClsParams<scalar_t, acc_t> p;
@@ -205,15 +203,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
       p.partials = partials.mutable_data_ptr<acc_t>();
     }
     if (warp_rows) {
-      classification_mdd_forward_kernel<scalar_t, acc_t, 32><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      cuda::launch(classification_mdd_forward_kernel<scalar_t, acc_t, 32>, {static_cast<unsigned>(blocks), kThreads}, p);
     } else {
-      classification_mdd_forward_kernel<scalar_t, acc_t, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      cuda::launch(classification_mdd_forward_kernel<scalar_t, acc_t, 1>, {static_cast<unsigned>(blocks), kThreads}, p);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (blocks > 1 && !none) {
-      cuda::sum_partials_kernel<acc_t><<<1, cuda::kReduceThreads, 0, stream>>>(
-          p.partials, blocks, WriteReduced<scalar_t, acc_t>{p.out, M, p.reduction});
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(cuda::sum_partials_kernel<acc_t, WriteReduced<scalar_t, acc_t>>, {1, cuda::kReduceThreads},
+                   p.partials, blocks, WriteReduced<scalar_t, acc_t>{p.out, M, p.reduction});
     }
   });
   return {out, stats, argmax};
@@ -246,21 +242,19 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cuda(const at::Te
   check_same_device(y_s_adv_in, "y_s_adv", grad, "grad");
   check_same_device(y_s_adv_in, "y_s_adv", stats_in, "stats");
   check_same_device(y_s_adv_in, "y_s_adv", argmax_in, "argmax");
-  c10::cuda::CUDAGuard guard(y_s_adv_in.device());
+  cuda::DeviceGuard guard(y_s_adv_in.device());
   const at::Tensor zs = y_s_adv_in.contiguous(), zt = y_t_adv_in.contiguous();
   const at::Tensor stats = stats_in.contiguous(), argmax = argmax_in.contiguous();
   const at::Tensor g = grad.to(acc_dtype).contiguous();
   at::Tensor gs = at::empty(zs.sizes(), zs.options()), gt = at::empty(zt.sizes(), zt.options());
   const int64_t total = M * C;
   if (total == 0) return {gs, gt};
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zs.scalar_type(), "classification_mdd_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    classification_mdd_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(total, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(classification_mdd_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(total, kThreads), kThreads},
         g.const_data_ptr<acc_t>(), zs.const_data_ptr<scalar_t>(), zt.const_data_ptr<scalar_t>(),
         stats.const_data_ptr<acc_t>(), argmax.const_data_ptr<int64_t>(), gs.mutable_data_ptr<scalar_t>(),
         gt.mutable_data_ptr<scalar_t>(), M, C, d, static_cast<int>(reduction));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gs, gt};
 }
@@ -317,20 +311,18 @@ at::Tensor regression_mdd_cuda(const at::Tensor& y_s, const at::Tensor& y_s_adv,
                                const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
                                int64_t reduction) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
-  c10::cuda::CUDAGuard guard(y_s.device());
+  cuda::DeviceGuard guard(y_s.device());
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const bool none = reduction == 0;
   at::Tensor out = none ? at::empty(y_s.sizes(), y_s_adv.options()) : at::empty({}, y_s_adv.options());
   if (none && n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto term = make_term<scalar_t, acc_t>(in, margin, loss_kind);
     if (none) {
-      regression_none_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+      cuda::launch(regression_none_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
           term, out.mutable_data_ptr<scalar_t>(), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       cuda::launch_ordered_sum<acc_t>(in.y_s_adv, n, term,
                                       WriteReduced<scalar_t, acc_t>{out.mutable_data_ptr<scalar_t>(), n,
@@ -347,26 +339,24 @@ std::tuple<at::Tensor, at::Tensor> regression_mdd_backward_cuda(
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   mdd_detail::check_reduced_grad(grad, reduction, y_s.sizes());
   check_same_device(y_s, "y_s", grad, "grad");
-  c10::cuda::CUDAGuard guard(y_s.device());
+  cuda::DeviceGuard guard(y_s.device());
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   at::Tensor gs = at::empty(y_s_adv.sizes(), y_s_adv.options()), gt = at::empty(y_t_adv.sizes(), y_t_adv.options());
   if (n == 0) return {gs, gt};
   const at::Tensor g = grad.to(at::toOpMathType(y_s_adv.scalar_type())).contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    regression_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(regression_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
         make_term<scalar_t, acc_t>(in, margin, loss_kind), g.const_data_ptr<acc_t>(), gs.mutable_data_ptr<scalar_t>(),
         gt.mutable_data_ptr<scalar_t>(), n, static_cast<int>(reduction));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gs, gt};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("classification_mdd", &classification_mdd_cuda);
   m.impl("_classification_mdd_backward", &classification_mdd_backward_cuda);
   m.impl("regression_mdd", &regression_mdd_cuda);

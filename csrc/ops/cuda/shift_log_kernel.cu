@@ -4,7 +4,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -39,17 +38,15 @@ __global__ void shift_log_backward_kernel(const scalar_t* grad, const scalar_t* 
 at::Tensor shift_log_cuda(const at::Tensor& x, double offset) {
   check_float_tensor(x, "x");
   check_shift_log_offset(offset);
-  c10::cuda::CUDAGuard guard(x.device());
+  cuda::DeviceGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc);
   const int64_t n = xc.numel();
   if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    shift_log_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(shift_log_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
         xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(offset), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -60,25 +57,23 @@ at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
   TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad must have the dtype of x (", x.scalar_type(),
                    "), got ", grad.scalar_type());
   check_shift_log_offset(offset);
-  c10::cuda::CUDAGuard guard(x.device());
+  cuda::DeviceGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
   at::Tensor out = at::empty_like(xc);
   const int64_t n = xc.numel();
   if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    shift_log_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(shift_log_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
         static_cast<acc_t>(offset), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("shift_log", &shift_log_cuda);
   m.impl("_shift_log_backward", &shift_log_backward_cuda);
 }
