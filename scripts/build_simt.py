@@ -71,10 +71,13 @@ def _torch_flags():
 
 
 def write_ninja(variant, src, out):
+    """The build file names the sources relative to `out`, so a copy of the tree with a copy of its
+    build directory (scripts/simt_mutants.py) rebuilds only what its changes touch."""
     flags = VARIANTS[variant]
     includes, libs = _torch_flags()
-    common = ["-std=c++20", "-fPIC", "-DHAL_SIMT", "-Wno-unknown-pragmas", f"-I{src / 'csrc'}"] + includes
-    kernel_sources = sorted((src / "csrc" / "ops" / "cuda").glob("*.cu"))
+    csrc = pathlib.Path(os.path.relpath(src / "csrc", out))
+    common = ["-std=c++20", "-fPIC", "-DHAL_SIMT", "-Wno-unknown-pragmas", f"-I{csrc}"] + includes
+    kernel_sources = [csrc / "ops" / "cuda" / p.name for p in sorted((src / "csrc" / "ops" / "cuda").glob("*.cu"))]
     lines = [
         f"cxx = {os.environ.get('CXX', 'g++')}",
         f"kernel_flags = {shlex.join(common + flags['kernels'])}",
@@ -100,7 +103,7 @@ def write_ninja(variant, src, out):
     for name in ("simt.cpp", "simt_ops.cpp", "selftest_kernels.cpp"):
         obj = name.replace(".cpp", ".o")
         rule = "emulator" if name == "simt.cpp" else "kernel"
-        lines.append(f"build {obj}: {rule} {src / 'csrc' / 'simt' / name}")
+        lines.append(f"build {obj}: {rule} {csrc / 'simt' / name}")
         objects.append(obj)
     lines.append(f"build hal_ext_simt.so: link {' '.join(objects)}")
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ be caught; finally the unmodified tree must pass. Exit status 0 only if all of t
 
     python scripts/simt_mutants.py [--keep] [--only NAME]
 
-Build directories: build/simt-mutants/<name>-<variant>. Needs hal_ext built in place (the emulated
-kernels link its library). Takes several minutes per mutant on 2 cores (each is a rebuild).
+Each mutant is built in a temporary copy, from a copy of build/simt-<variant> (only the objects the bug
+touches are recompiled). Needs hal_ext built in place (the emulated kernels link its library).
 """
 import argparse
 import pathlib
@@ -63,8 +63,13 @@ def run_suite(lib, variant, tests="tests/test_simt.py"):
     return result.returncode == 0, verdict.strip(), evidence.strip()[:200]
 
 
-def build(src, name, variant):
-    out = ROOT / "build" / "simt-mutants" / f"{name}-{variant}"
+def build(src, variant):
+    """Builds the mutated copy `src` in src/build/simt-VARIANT, starting from a copy of this tree's up to
+    date build directory: only the objects the planted bug touches are rebuilt."""
+    build_simt.build(variant, quiet=True)
+    out = src / "build" / f"simt-{variant}"
+    if not out.exists():
+        shutil.copytree(build_simt.library_path(variant).parent, out)
     return build_simt.build(variant, src=src, out=out, quiet=True)
 
 
@@ -89,7 +94,7 @@ def main():
             caught_by = None
             for variant in variants:
                 start = time.time()
-                lib = build(src, f"m{index}", variant)
+                lib = build(src, variant)
                 passed, verdict, evidence = run_suite(lib, variant)
                 print(f"[{name}] {variant}: {'passed' if passed else 'FAILED'} ({verdict}; {time.time() - start:.0f} s)"
                       + ("" if passed else f"\n    {evidence}"), flush=True)
