@@ -89,6 +89,7 @@ struct Emulator {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   std::vector<int> runnable;
+  std::vector<int> warp_rank;  // this block's random warp priorities (lower runs first)
   const std::function<void()>* body = nullptr;
   std::unique_ptr<unsigned char[]> dynamic;
   size_t dynamic_bytes = 0;
@@ -233,6 +234,9 @@ void run_block(dim3 block) {
   e.at_barrier = 0;
   e.runnable.clear();
   for (Warp& w : e.warps) w.arrived = 0;
+  e.warp_rank.resize(e.warps.size());
+  for (size_t w = 0; w < e.warp_rank.size(); ++w) e.warp_rank[w] = static_cast<int>(w);
+  std::shuffle(e.warp_rank.begin(), e.warp_rank.end(), e.rng);
   for (int t = 0; t < e.threads; ++t) {
     Fiber& f = e.fibers[t];
     f.index = {static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
@@ -250,8 +254,18 @@ void run_block(dim3 block) {
       e.error = deadlock_report();
       break;
     }
-    std::uniform_int_distribution<size_t> pick(0, e.runnable.size() - 1);
-    const size_t i = pick(e.rng);
+    // The runnable thread of the highest-priority warp (a random lane of it): between two barriers
+    // the warps run one after another in a random order, the most adverse order for a missing one.
+    int best_rank = INT32_MAX;
+    size_t candidates = 0, i = 0;
+    for (size_t j = 0; j < e.runnable.size(); ++j) {
+      const int rank = e.warp_rank[e.runnable[j] / 32];
+      if (rank < best_rank) {
+        best_rank = rank;
+        candidates = 0;
+      }
+      if (rank == best_rank && std::uniform_int_distribution<size_t>(0, candidates++)(e.rng) == 0) i = j;
+    }
     const int t = e.runnable[i];
     e.runnable[i] = e.runnable.back();
     e.runnable.pop_back();

@@ -12,8 +12,10 @@
 //   shared cores, and a 512-thread block that meets a barrier every few lines would cost hundreds of
 //   kernel-level context switches per barrier; fibers switch in user space, a stuck barrier is
 //   detected exactly (no timeout), and a seed replays a schedule. The threads still interleave: at
-//   every __syncthreads and warp intrinsic the scheduler resumes a *randomly chosen* runnable
-//   fiber, so code that relies on a missing barrier reads poison or stale values.
+//   every __syncthreads and warp intrinsic the scheduler switches, and it resumes a random lane of
+//   the runnable warp with the highest priority, the warps' priorities a random permutation per
+//   block: between two barriers the warps run one after another in a random order (the most
+//   adverse order for a missing barrier: a warp reads what later warps have not written yet, poison).
 // - __syncthreads is a block barrier over the threads that have not exited (sm_70 semantics). When
 //   every live thread waits but not all at the same __syncthreads call site (divergent control
 //   flow), the launch fails with a report naming the threads; it never hangs.
