@@ -15,6 +15,7 @@ import argparse
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -119,7 +120,10 @@ def build(variant="plain", src=None, out=None, jobs=None, quiet=False):
     lib = library_path(variant, out)
     write_ninja(variant, src, lib.parent)
     jobs = jobs or int(os.environ.get("MAX_JOBS", "2"))
-    result = subprocess.run(["ninja", "-C", str(lib.parent), f"-j{jobs}"], capture_output=quiet, text=True)
+    ninja = shutil.which("ninja", path=os.path.dirname(sys.executable)) or shutil.which("ninja")
+    if ninja is None:
+        raise RuntimeError("building the emulated kernels needs ninja (pip install ninja)")
+    result = subprocess.run([ninja, "-C", str(lib.parent), f"-j{jobs}"], capture_output=quiet, text=True)
     if result.returncode != 0:
         detail = (result.stdout or "")[-6000:] if quiet else ""
         raise RuntimeError(f"building the emulated kernels ({variant}) failed\n{detail}")

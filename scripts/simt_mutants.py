@@ -11,6 +11,7 @@ touches are recompiled). Needs hal_ext built in place (the emulated kernels link
 import argparse
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
