@@ -85,3 +85,10 @@ gpu-check:
 
 clean:
 	rm -rf build hal_ext/_C*.so *.egg-info
+
+# The CUDA kernels under the SIMT emulator (tests/test_simt.py, which `make test` runs as well), built
+# with AddressSanitizer, then with ThreadSanitizer, each run with the sanitizer's runtime preloaded.
+.PHONY: test-simt-sanitize
+test-simt-sanitize: build
+	$(PY) scripts/build_simt.py --variant asan --test tests/test_simt.py -k "not emulator"
+	$(PY) scripts/build_simt.py --variant tsan --test

@@ -2,13 +2,13 @@
 // Deterministic sums on the GPU: a fixed shuffle tree inside each warp, then warp partials in a
 // fixed order, then (when more than one block is needed) the block partials in block order by a
 // second kernel. No atomics, so results are bitwise reproducible. Small inputs take one launch.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
+
+#include "common/cuda_launch.cuh"
 
 namespace hal_ext {
 namespace cuda {
@@ -26,7 +26,7 @@ __device__ __forceinline__ T warp_sum(T v) {
 // Sum over the block; the result is valid in thread 0. blockDim.x must be a multiple of 32.
 template <typename T>
 __device__ T block_sum(T v) {
-  __shared__ alignas(16) unsigned char raw[32 * sizeof(double)];
+  HAL_SHARED(unsigned char, raw, 32 * sizeof(double));
   T* warp_partials = reinterpret_cast<T*>(raw);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_sum(v);
@@ -61,25 +61,22 @@ __global__ void sum_partials_kernel(const acc_t* partials, int64_t n, Finish fin
   if (threadIdx.x == 0) finish(s);
 }
 
-// Launches the deterministic sum of term(i), i < n, on the current stream of `like`'s device.
+// Launches the deterministic sum of term(i), i < n, on the current stream (of `like`'s device: the
+// caller holds a DeviceGuard).
 template <typename acc_t, typename Term, typename Finish>
 void launch_ordered_sum(const at::Tensor& like, int64_t n, Term term, Finish finish) {
-  auto stream = c10::cuda::getCurrentCUDAStream(like.device().index());
   const int64_t blocks = n <= kSingleBlockMax
       ? 1
       : std::min<int64_t>(kMaxBlocks, (n + kReduceThreads * 8 - 1) / (kReduceThreads * 8));
   if (blocks == 1) {
-    sum_terms_kernel<acc_t><<<1, kReduceThreads, 0, stream>>>(n, term, finish, static_cast<acc_t*>(nullptr));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(sum_terms_kernel<acc_t, Term, Finish>, {1, kReduceThreads}, n, term, finish, nullptr);
     return;
   }
   const auto acc_dtype = sizeof(acc_t) == sizeof(double) ? at::kDouble : at::kFloat;
   at::Tensor partials = at::empty({blocks}, like.options().dtype(acc_dtype));
   acc_t* p = static_cast<acc_t*>(partials.data_ptr());
-  sum_terms_kernel<acc_t><<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(n, term, finish, p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sum_partials_kernel<acc_t><<<1, kReduceThreads, 0, stream>>>(p, blocks, finish);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(sum_terms_kernel<acc_t, Term, Finish>, {grid_dim(blocks, max_grid_x()), kReduceThreads}, n, term, finish, p);
+  launch(sum_partials_kernel<acc_t, Finish>, {1, kReduceThreads}, p, blocks, finish);
 }
 
 inline unsigned elementwise_blocks(int64_t n, int threads) {

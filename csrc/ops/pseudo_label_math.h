@@ -18,7 +18,8 @@
 //     axis of `extent` pixels, with t = 3 * sigma, all in double exactly as Python evaluates it:
 //       ul = trunc(pos - t), br = trunc((pos + t) + 1), size = 2 t + 1, c = floor(size / 2)
 //     truncated_axis(pos, sigma, extent) -> Axis{lo = max(0, ul), hi = min(br, extent),
-//       centre = ul + c}. Pixels lo <= P < hi lie in the window; the window is empty when lo >= hi.
+//       centre = ul + c}, every product and sum rounded separately (no FMA: mul_rn, add_rn).
+//       Pixels lo <= P < hi lie in the window; the window is empty when lo >= hi.
 //     truncated_value(X, Y, ax, ay, inv) = exp(-(dx^2 + dy^2) / den) in float32 with
 //       dx = float(X - ax.centre), dy = float(Y - ay.centre), den = float(2 sigma^2)
 //       ((X - ul) - c computed as X - (ul + c): identical while |values| < 2^24, i.e. always for
@@ -99,11 +100,31 @@ HAL_HOST_DEVICE int64_t trunc_to_int64(double v) {
 
 HAL_HOST_DEVICE int64_t clip64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// a * b and a + b, each rounded once as Python does: never contracted into a fused multiply-add
+// (nvcc contracts by default, --fmad=true; a volatile store stops host compilers from contracting).
+// With sigma = 4/3, p - sigma * 3 fused would move tllib's window by one pixel.
+HAL_HOST_DEVICE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  volatile double product = a * b;
+  return product;
+#endif
+}
+
+HAL_HOST_DEVICE double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 HAL_HOST_DEVICE Axis truncated_axis(int64_t pos, double sigma, int64_t extent) {
-  const double t = sigma * 3.0;                 // tmp_size = sigma * 3
+  const double t = mul_rn(sigma, 3.0);          // tmp_size = sigma * 3
   const double p = static_cast<double>(pos);
-  const int64_t ul = trunc_to_int64(p - t);     // int(mu - tmp_size)
-  const int64_t br = trunc_to_int64((p + t) + 1.0);  // int(mu + tmp_size + 1)
+  const int64_t ul = trunc_to_int64(add_rn(p, -t));  // int(mu - tmp_size)
+  const int64_t br = trunc_to_int64(add_rn(add_rn(p, t), 1.0));  // int(mu + tmp_size + 1)
   const double size = 2.0 * t + 1.0;
   const double c = ::floor(size / 2.0);         // size // 2
   const double centre = static_cast<double>(ul) + c;

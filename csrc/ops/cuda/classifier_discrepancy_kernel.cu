@@ -6,7 +6,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -47,7 +46,7 @@ __global__ void classifier_discrepancy_backward_kernel(const scalar_t* grad, con
 at::Tensor classifier_discrepancy_cuda(const at::Tensor& predictions1, const at::Tensor& predictions2) {
   check_float_tensor(predictions1, "predictions1");
   check_paired(predictions1, "predictions1", predictions2, "predictions2");
-  c10::cuda::CUDAGuard guard(predictions1.device());
+  cuda::DeviceGuard guard(predictions1.device());
   const at::Tensor p1 = predictions1.contiguous(), p2 = predictions2.contiguous();
   const int64_t n = p1.numel();
   at::Tensor out = at::empty({}, p1.options());
@@ -67,27 +66,25 @@ std::tuple<at::Tensor, at::Tensor> classifier_discrepancy_backward_cuda(const at
   check_float_tensor(predictions1, "predictions1");
   check_paired(predictions1, "predictions1", predictions2, "predictions2");
   check_same_device(predictions1, "predictions1", grad, "grad");
-  c10::cuda::CUDAGuard guard(predictions1.device());
+  cuda::DeviceGuard guard(predictions1.device());
   const at::Tensor p1 = predictions1.contiguous(), p2 = predictions2.contiguous();
   const at::Tensor g = grad.to(p1.scalar_type());
   const int64_t n = p1.numel();
   at::Tensor g1 = at::empty_like(p1), g2 = at::empty_like(p2);
   if (n == 0) return {g1, g2};
   constexpr int threads = 256;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p1.scalar_type(), "classifier_discrepancy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    classifier_discrepancy_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, threads), threads, 0, stream>>>(
+    cuda::launch(classifier_discrepancy_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, threads), threads},
         g.const_data_ptr<scalar_t>(), p1.const_data_ptr<scalar_t>(), p2.const_data_ptr<scalar_t>(),
         g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>(), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {g1, g2};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("classifier_discrepancy", &classifier_discrepancy_cuda);
   m.impl("_classifier_discrepancy_backward", &classifier_discrepancy_backward_cuda);
 }

@@ -7,7 +7,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/loss_dtype.h"
@@ -46,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& output, const 
                                                 double epsilon, std::optional<at::ScalarType> out_dtype) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   const auto loss_dtype = result_dtype(out_dtype, output.scalar_type());
-  c10::cuda::CUDAGuard guard(output.device());
+  cuda::DeviceGuard guard(output.device());
   const auto acc = acc_dtype(output.scalar_type());
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc);
@@ -54,14 +53,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& output, const 
   at::Tensor stats = at::zeros({s.B, s.K, 2}, output.options().dtype(acc));
   const int64_t n = s.n;
   if (s.rows() > 0) {
-    auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_loss_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      row_forward_kernel<scalar_t, acc_t, kKL><<<static_cast<unsigned>(s.rows()), kRowThreads, 0, stream>>>(
+      cuda::launch(row_forward_kernel<scalar_t, acc_t, kKL, TensorTarget<scalar_t>>, {row_grid(s.rows()), kRowThreads},
           z.const_data_ptr<scalar_t>(), TensorTarget<scalar_t>{x.const_data_ptr<scalar_t>(), n},
-          w.defined() ? w.const_data_ptr<acc_t>() : nullptr, n, static_cast<acc_t>(epsilon),
+          w.defined() ? w.const_data_ptr<acc_t>() : nullptr, s.rows(), n, static_cast<acc_t>(epsilon),
           kKL ? acc_t(1) : static_cast<acc_t>(n), rows.mutable_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   return {finish(rows, loss_dtype, s, reduction), stats};
@@ -73,7 +70,7 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& output, const
                          double epsilon) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   check_grad(grad, output, reduction, s.B, s.K);
-  c10::cuda::CUDAGuard guard(output.device());
+  cuda::DeviceGuard guard(output.device());
   const auto acc = acc_dtype(output.scalar_type());
   if (stats) check_kl_stats(*stats, output, s);
   const at::Tensor z = output.contiguous(), x = target.contiguous();
@@ -83,17 +80,15 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& output, const
   at::Tensor result = at::empty_like(z);
   if (result.numel() == 0) return result;
   const int64_t n = s.n;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t row_div = kKL ? acc_t(1) : static_cast<acc_t>(n);
     const acc_t divisor = reduction == 1 ? static_cast<acc_t>(s.rows()) * row_div : row_div;
-    row_backward_kernel<scalar_t, acc_t, kKL><<<static_cast<unsigned>(s.rows()), kRowThreads, 0, stream>>>(
+    cuda::launch(row_backward_kernel<scalar_t, acc_t, kKL, TensorTarget<scalar_t>>, {row_grid(s.rows()), kRowThreads},
         g.const_data_ptr<acc_t>(), reduction == 1, z.const_data_ptr<scalar_t>(),
         TensorTarget<scalar_t>{x.const_data_ptr<scalar_t>(), n}, w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
-        st.defined() ? st.const_data_ptr<acc_t>() : nullptr, n, static_cast<acc_t>(epsilon), divisor,
+        st.defined() ? st.const_data_ptr<acc_t>() : nullptr, s.rows(), n, static_cast<acc_t>(epsilon), divisor,
         result.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return result;
 }
@@ -122,7 +117,7 @@ at::Tensor kl_backward_cuda(const at::Tensor& g, const at::Tensor& o, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("joints_mse_loss", &mse_cuda);
   m.impl("_joints_mse_loss_backward", &mse_backward_cuda);
   m.impl("joints_kl_loss", &kl_cuda);

@@ -2,14 +2,13 @@
 //   H(p) = -(1/M) sum_k log(m_k + 1e-6),  m_k = (1/N) sum_i p[i, k];  dH/dp[i, k] = -g / (M N (m_k + 1e-6))
 // Forward, up to kDirectRows rows: ONE launch of the deterministic ordered sum over the M columns, each
 // term summing its column over the rows (coalesced across threads), writing m_k and returning the log
-// term. More rows: a first kernel writes per-row-split column sums, which the terms then add in split
-// order. No atomics: bitwise reproducible. Backward: one launch that reads g on the device and writes
-// the M-element gradient row that the autograd kernel broadcasts over the batch.
+// term. More rows: a first kernel writes per-row-split column sums (splits beyond grid.y's 65535 taken
+// by a block-stride loop), which the terms then add in split order. No atomics: bitwise reproducible.
+// Backward: one launch that reads g on the device and writes the M-element gradient row that the autograd kernel broadcasts over the batch.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -52,16 +51,18 @@ struct WriteLoss {
   __device__ void operator()(acc_t total) const { *out = static_cast<out_t>(math::loss<acc_t>(total, m)); }
 };
 
-// partials[r, k] = sum of p[i, k] over rows [r * kDirectRows, (r + 1) * kDirectRows).
+// partials[r, k] = sum of p[i, k] over rows [r * kDirectRows, (r + 1) * kDirectRows), for the
+// `splits` row splits r = blockIdx.y + j * gridDim.y (grid.y is capped at the device's 65535).
 template <typename scalar_t, typename acc_t>
-__global__ void column_partials_kernel(const scalar_t* p, acc_t* partials, int64_t n, int64_t m) {
+__global__ void column_partials_kernel(const scalar_t* p, acc_t* partials, int64_t n, int64_t m, int64_t splits) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= m) return;
-  const int64_t r = blockIdx.y;
-  const int64_t i0 = r * kDirectRows, i1 = i0 + kDirectRows < n ? i0 + kDirectRows : n;
-  acc_t s = 0;
-  for (int64_t i = i0; i < i1; ++i) s += static_cast<acc_t>(p[i * m + k]);
-  partials[r * m + k] = s;
+  for (int64_t r = blockIdx.y; r < splits; r += gridDim.y) {
+    const int64_t i0 = r * kDirectRows, i1 = i0 + kDirectRows < n ? i0 + kDirectRows : n;
+    acc_t s = 0;
+    for (int64_t i = i0; i < i1; ++i) s += static_cast<acc_t>(p[i * m + k]);
+    partials[r * m + k] = s;
+  }
 }
 
 template <typename scalar_t, typename acc_t, typename grad_t>
@@ -77,7 +78,7 @@ __global__ void mcd_entropy_backward_kernel(const grad_t* grad, const acc_t* mea
 std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& predictions,
                                                     std::optional<at::ScalarType> out_dtype) {
   check_mcd_entropy_input(predictions);
-  c10::cuda::CUDAGuard guard(predictions.device());
+  cuda::DeviceGuard guard(predictions.device());
   const at::Tensor p = predictions.contiguous();
   const int64_t n = p.size(0);
   int64_t m = 1;
@@ -85,7 +86,6 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& prediction
   const auto acc_type = at::toOpMathType(p.scalar_type());
   at::Tensor loss = at::empty({}, p.options().dtype(result_dtype(out_dtype, p.scalar_type())));
   at::Tensor means = at::empty(p.sizes().slice(1), p.options().dtype(acc_type));
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mcd_entropy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* in = p.const_data_ptr<scalar_t>();
@@ -100,9 +100,10 @@ std::tuple<at::Tensor, at::Tensor> mcd_entropy_cuda(const at::Tensor& prediction
       const int64_t splits = (n + kDirectRows - 1) / kDirectRows;
       at::Tensor partials = at::empty({splits, m}, p.options().dtype(acc_type));
       acc_t* part = partials.mutable_data_ptr<acc_t>();
-      const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(splits));
-      column_partials_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(in, part, n, m);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // more than 2048 rows of m columns in memory: m < 2^27, so the column blocks fit grid.x
+      const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads),
+                      cuda::grid_dim(splits, cuda::max_grid_y()));
+      cuda::launch(column_partials_kernel<scalar_t, acc_t>, {grid, kThreads}, in, part, n, m, splits);
       cuda::launch_ordered_sum<acc_t>(p, m, ColumnLogTerm<scalar_t, acc_t>{in, part, mean, n, m, splits}, finish);
     });
   });
@@ -113,21 +114,19 @@ at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& c
                                      std::optional<at::ScalarType> out_dtype) {
   const auto dtype = check_mcd_entropy_backward_input(grad, column_means, batch_size, out_dtype);
   check_same_device(column_means, "column_means", grad, "grad");
-  c10::cuda::CUDAGuard guard(column_means.device());
+  cuda::DeviceGuard guard(column_means.device());
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
   at::Tensor out = at::empty(means.sizes(), means.options().dtype(dtype));
   if (n == 0 || m == 0) return out;
   const at::Tensor g = grad.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mcd_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_scalar_or_acc_type<scalar_t>(g.scalar_type(), [&](auto tag) {
       using grad_t = typename decltype(tag)::type;
-      mcd_entropy_backward_kernel<scalar_t, acc_t, grad_t>
-          <<<cuda::elementwise_blocks(m, kThreads), kThreads, 0, stream>>>(
-              g.const_data_ptr<grad_t>(), means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(mcd_entropy_backward_kernel<scalar_t, acc_t, grad_t>,
+          {cuda::elementwise_blocks(m, kThreads), kThreads}, g.const_data_ptr<grad_t>(),
+          means.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, m);
     });
   });
   return out;
@@ -135,7 +134,7 @@ at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("mcd_entropy", &mcd_entropy_cuda);
   m.impl("_mcd_entropy_backward", &mcd_entropy_backward_cuda);
 }

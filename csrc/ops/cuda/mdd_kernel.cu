@@ -8,7 +8,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -167,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
     const std::optional<at::Tensor>& w_s_in, const std::optional<at::Tensor>& w_t_in, double margin,
     int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   const auto geo = mdd_detail::check_classification(y_s_in, y_s_adv_in, y_t_in, y_t_adv_in, w_s_in, w_t_in, reduction);
-  c10::cuda::CUDAGuard guard(y_s_in.device());
+  cuda::DeviceGuard guard(y_s_in.device());
   const at::Tensor y_s = y_s_in.contiguous(), y_s_adv = y_s_adv_in.contiguous();
   const at::Tensor y_t = y_t_in.contiguous(), y_t_adv = y_t_adv_in.contiguous();
   const at::Tensor w_s = mdd_detail::expand_weight(w_s_in, geo.sample_shape, y_s_adv);
@@ -181,7 +180,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
   const auto loss_options = y_s_adv.options().dtype(result_dtype(out_dtype, dtype));
   at::Tensor out = none ? at::empty(geo.sample_shape, loss_options) : at::empty({}, loss_options);
   if (none && M == 0) return {out, stats, argmax};
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "classification_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
@@ -212,17 +210,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classification_mdd_cuda(
         p.partials = partials.mutable_data_ptr<acc_t>();
       }
       if (warp_rows) {
-        classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 32>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+        cuda::launch(classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 32>,
+                     {static_cast<unsigned>(blocks), kThreads}, p);
       } else {
-        classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 1>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+        cuda::launch(classification_mdd_forward_kernel<scalar_t, acc_t, out_t, 1>,
+                     {static_cast<unsigned>(blocks), kThreads}, p);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (blocks > 1 && !none) {
-        cuda::sum_partials_kernel<acc_t><<<1, cuda::kReduceThreads, 0, stream>>>(
-            p.partials, blocks, WriteReduced<out_t, acc_t>{p.out, M, p.reduction});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(cuda::sum_partials_kernel<acc_t, WriteReduced<out_t, acc_t>>, {1, cuda::kReduceThreads},
+                     p.partials, blocks, WriteReduced<out_t, acc_t>{p.out, M, p.reduction});
       }
     });
   });
@@ -237,21 +233,19 @@ std::tuple<at::Tensor, at::Tensor> classification_mdd_backward_cuda(const at::Te
       mdd_detail::check_classification_backward(grad, y_s_adv_in, y_t_adv_in, stats_in, argmax_in, reduction);
   const int64_t M = geo.m, C = geo.c, d = geo.d;
   const auto acc_dtype = at::toOpMathType(y_s_adv_in.scalar_type());
-  c10::cuda::CUDAGuard guard(y_s_adv_in.device());
+  cuda::DeviceGuard guard(y_s_adv_in.device());
   const at::Tensor zs = y_s_adv_in.contiguous(), zt = y_t_adv_in.contiguous();
   const at::Tensor stats = stats_in.contiguous(), argmax = argmax_in.contiguous();
   const at::Tensor g = grad.to(acc_dtype).contiguous();
   at::Tensor gs = at::empty(zs.sizes(), zs.options()), gt = at::empty(zt.sizes(), zt.options());
   const int64_t total = M * C;
   if (total == 0) return {gs, gt};
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zs.scalar_type(), "classification_mdd_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    classification_mdd_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(total, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(classification_mdd_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(total, kThreads), kThreads},
         g.const_data_ptr<acc_t>(), zs.const_data_ptr<scalar_t>(), zt.const_data_ptr<scalar_t>(),
         stats.const_data_ptr<acc_t>(), argmax.const_data_ptr<int64_t>(), gs.mutable_data_ptr<scalar_t>(),
         gt.mutable_data_ptr<scalar_t>(), M, C, d, static_cast<int>(reduction));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gs, gt};
 }
@@ -308,23 +302,21 @@ at::Tensor regression_mdd_cuda(const at::Tensor& y_s, const at::Tensor& y_s_adv,
                                const std::optional<at::Tensor>& w_t, double margin, int64_t loss_kind,
                                int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
-  c10::cuda::CUDAGuard guard(y_s.device());
+  cuda::DeviceGuard guard(y_s.device());
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   const bool none = reduction == 0;
   const auto loss_options = y_s_adv.options().dtype(result_dtype(out_dtype, y_s_adv.scalar_type()));
   at::Tensor out = none ? at::empty(y_s.sizes(), loss_options) : at::empty({}, loss_options);
   if (none && n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto term = make_term<scalar_t, acc_t>(in, margin, loss_kind);
     with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
       using out_t = typename decltype(tag)::type;
       if (none) {
-        regression_none_kernel<scalar_t, acc_t, out_t>
-            <<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(term, out.mutable_data_ptr<out_t>(), n);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(regression_none_kernel<scalar_t, acc_t, out_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
+                     term, out.mutable_data_ptr<out_t>(), n);
       } else {
         cuda::launch_ordered_sum<acc_t>(in.y_s_adv, n, term,
                                         WriteReduced<out_t, acc_t>{out.mutable_data_ptr<out_t>(), n,
@@ -342,26 +334,24 @@ std::tuple<at::Tensor, at::Tensor> regression_mdd_backward_cuda(
   mdd_detail::check_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t, loss_kind, reduction);
   mdd_detail::check_reduced_grad(grad, reduction, y_s.sizes());
   check_same_device(y_s, "y_s", grad, "grad");
-  c10::cuda::CUDAGuard guard(y_s.device());
+  cuda::DeviceGuard guard(y_s.device());
   const mdd_detail::RegressionInputs in = mdd_detail::prepare_regression(y_s, y_s_adv, y_t, y_t_adv, w_s, w_t);
   const int64_t n = in.y_s.numel();
   at::Tensor gs = at::empty(y_s_adv.sizes(), y_s_adv.options()), gt = at::empty(y_t_adv.sizes(), y_t_adv.options());
   if (n == 0) return {gs, gt};
   const at::Tensor g = grad.to(at::toOpMathType(y_s_adv.scalar_type())).contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_s_adv.scalar_type(), "regression_mdd_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    regression_backward_kernel<scalar_t, acc_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+    cuda::launch(regression_backward_kernel<scalar_t, acc_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
         make_term<scalar_t, acc_t>(in, margin, loss_kind), g.const_data_ptr<acc_t>(), gs.mutable_data_ptr<scalar_t>(),
         gt.mutable_data_ptr<scalar_t>(), n, static_cast<int>(reduction));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gs, gt};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("classification_mdd", &classification_mdd_cuda);
   m.impl("_classification_mdd_backward", &classification_mdd_backward_cuda);
   m.impl("regression_mdd", &regression_mdd_cuda);

@@ -4,7 +4,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -41,19 +40,17 @@ __global__ void shift_log_backward_kernel(const grad_t* grad, const scalar_t* x,
 at::Tensor shift_log_cuda(const at::Tensor& x, double offset, std::optional<at::ScalarType> out_dtype) {
   check_float_tensor(x, "x");
   check_shift_log_offset(offset);
-  c10::cuda::CUDAGuard guard(x.device());
+  cuda::DeviceGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc, xc.options().dtype(result_dtype(out_dtype, xc.scalar_type())));
   const int64_t n = xc.numel();
   if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
       using out_t = typename decltype(tag)::type;
-      shift_log_kernel<scalar_t, acc_t, out_t><<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+      cuda::launch(shift_log_kernel<scalar_t, acc_t, out_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
           xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<out_t>(), static_cast<acc_t>(offset), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return out;
@@ -63,21 +60,18 @@ at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
   check_float_tensor(x, "x");
   check_shift_log_grad(grad, x);
   check_shift_log_offset(offset);
-  c10::cuda::CUDAGuard guard(x.device());
+  cuda::DeviceGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
   at::Tensor out = at::empty_like(xc);
   const int64_t n = xc.numel();
   if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "shift_log_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_scalar_or_acc_type<scalar_t>(gc.scalar_type(), [&](auto tag) {
       using grad_t = typename decltype(tag)::type;
-      shift_log_backward_kernel<scalar_t, acc_t, grad_t>
-          <<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
-              gc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-              static_cast<acc_t>(offset), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(shift_log_backward_kernel<scalar_t, acc_t, grad_t>,
+          {cuda::elementwise_blocks(n, kThreads), kThreads}, gc.const_data_ptr<grad_t>(),
+          xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(offset), n);
     });
   });
   return out;
@@ -85,7 +79,7 @@ at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hal_ext, CUDA, m) {
+HAL_CUDA_LIBRARY_IMPL(m) {
   m.impl("shift_log", &shift_log_cuda);
   m.impl("_shift_log_backward", &shift_log_backward_cuda);
 }
