@@ -122,6 +122,8 @@ def draw_value(rng, type_name):
         return rng.choice(EDGE_FLOATS)
     if type_name == "bool":
         return rng.random() < 0.5
+    if type_name == "Optional[int]":  # `ScalarType? out_dtype`: the schema prints a ScalarType as int
+        return None if rng.random() < 0.5 else rng.choice(FLOAT_DTYPES + OTHER_DTYPES)
     raise NotImplementedError(f"op_fuzz cannot draw a {type_name}: teach draw_value about it")
 
 
@@ -138,7 +140,7 @@ def plausible_args(rng, types, dtype, rank):
     for t in types:
         if t == "Tensor":
             args.append(fill(rng, shape, dtype).clamp_(-5, 5))
-        elif t == "Optional[Tensor]":
+        elif t in ("Optional[Tensor]", "Optional[int]"):
             args.append(None)
         elif t in ("int", "SymInt"):
             args.append(rng.choice([0, 1, 2]))

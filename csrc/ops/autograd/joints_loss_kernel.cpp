@@ -35,7 +35,7 @@ class JointsMSELossFunction : public torch::autograd::Function<JointsMSELossFunc
     if (at::GradMode::is_enabled()) {  // create_graph=True
       return {differentiable_grads::joints_mse_loss(grad_outputs[0], saved[0], saved[1], saved[2],
                                                     ctx->saved_data["reduction"].toInt()),
-              at::Tensor(), at::Tensor(), at::Tensor()};
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     at::Tensor g = _joints_mse_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]),
                                              ctx->saved_data["reduction"].toInt());
@@ -62,7 +62,7 @@ class JointsKLLossFunction : public torch::autograd::Function<JointsKLLossFuncti
       return {differentiable_grads::joints_kl_loss(grad_outputs[0], saved[0], saved[1], saved[2],
                                                    ctx->saved_data["reduction"].toInt(),
                                                    ctx->saved_data["epsilon"].toDouble()),
-              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     at::Tensor g = _joints_kl_loss_backward(grad_outputs[0], saved[0], saved[1], optional_of(saved[2]), saved[3],
                                             ctx->saved_data["reduction"].toInt(),

@@ -127,7 +127,7 @@ class RegressionMddFunction : public torch::autograd::Function<RegressionMddFunc
           grad_outputs[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["margin"].toDouble(),
           ctx->saved_data["loss_kind"].toInt(), ctx->saved_data["reduction"].toInt());
       return {at::Tensor(), g_s, at::Tensor(), g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-              at::Tensor()};
+              at::Tensor(), at::Tensor()};
     }
     auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
     auto [g_s, g_t] = _regression_mdd_backward(grad_outputs[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]),

@@ -74,8 +74,9 @@ struct DisparityTarget {
   bool fast, max_mode, cached;
   __device__ plm::Axis axis(int64_t b, int64_t j, int dim) const {
     const int64_t pos = peaks[2 * (b * K + j) + dim], extent = dim == 0 ? W : H;
-    // The host checks saved peaks only on the CPU (regression_disparity_args::check_saved).
-    CUDA_KERNEL_ASSERT(pos >= 0 && pos < extent && "peaks must lie inside the heatmaps");
+    // The host checks saved peaks only on the CPU (regression_disparity_args::check_saved); empty heatmaps
+    // have their (0, 0) peaks, addressing nothing.
+    CUDA_KERNEL_ASSERT((H * W == 0 || (pos >= 0 && pos < extent)) && "peaks must lie inside the heatmaps");
     return fast ? plm::fast_axis(pos, sigma, extent) : plm::truncated_axis(pos, sigma, extent);
   }
   __device__ void prepare(int64_t r) const {
