@@ -171,8 +171,8 @@ def main(argv=None):
             "shapes": args.shapes, "modes": args.modes, "amp": dtype if args.amp else None}
     rows, skipped = runner.run_all(all_cases, opts)
     methods = [] if args.train == ["none"] or args.amp else args.train
-    train = train_steps.run(methods, device, budget_s=1.0 if args.preset == "quick" else 4.0,
-                            max_reps=args.reps or 20, min_reps=args.reps or 3) if methods else []
+    train = train_steps.run(methods, device, budget_s=1.0 if args.preset == "quick" else 8.0,
+                            max_steps=20 if args.preset == "quick" else 40) if methods else []
     compile_s = sum(r["contenders"].get("compile", {}).get("first_call_s", 0) for r in rows)
     meta.update({"compile_warmup_s": round(compile_s, 1)})
     meta.update({"preset": args.preset, "dtype": args.dtype, "amp": args.amp, "bandwidth": bandwidth, "argv": sys.argv[1:] if argv is None else list(argv),

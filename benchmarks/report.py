@@ -7,7 +7,11 @@ hal_ext is faster); `hal/floor` (hal_ext over the do-nothing custom op); `GB/s` 
 must move / hal_ext's time) and `%bw` (of the copy bandwidth measured in the same run); `peak mem`
 (peak extra memory of one forward+backward call, K = KiB, M = MiB: eager / compile / hal_ext; see
 memory.py for how it is measured). Training steps: iterations per second of each method's loop with
-the eager losses and with hal_ext's, and their ratio.
+no-op losses (zero times an output, summed), the eager losses and hal_ext's, and the eager/hal_ext
+ratio; `losses ms`: the losses' forward + backward milliseconds per step, timed inside the step (each
+loss call's forward, and its own backward down to the model outputs; benchmarks/step_clock.py);
+`share`: that time over the step's (median over the steps); `hal_ext share by difference`:
+1 - noop step time / hal_ext step time, a cross-check.
 """
 import json
 import os
@@ -16,7 +20,8 @@ from .runner import format_time
 
 TABLE_COLUMNS = ["op", "shape", "mode", "eager", "compile", "hal_ext", "floor", "eager/hal", "compile/hal",
                  "hal/floor", "GB/s", "%bw", "peak mem e/c/h"]
-TRAIN_COLUMNS = ["method", "setting", "eager it/s", "hal_ext it/s", "speedup"]
+TRAIN_COLUMNS = ["method", "setting", "noop it/s", "eager it/s", "hal_ext it/s", "speedup", "eager losses ms",
+                 "hal_ext losses ms", "noop share", "eager share", "hal_ext share", "hal_ext share by difference"]
 
 
 def _time_cell(c):
@@ -60,10 +65,17 @@ def train_rows(result):
     for t in result.get("train_steps", []):
         if "skipped" in t:
             continue
-        e, h = t["contenders"].get("eager", {}), t["contenders"].get("hal_ext", {})
-        ips = lambda c: f"{1 / c['median_s']:.1f}" if c.get("median_s") else "-"
+        c = t["contenders"]
+        n, e, h = c.get("noop", {}), c.get("eager", {}), c.get("hal_ext", {})
+        ips = lambda x: f"{1 / x['median_s']:.1f}" if x.get("median_s") else "-"
         ratio = f"{e['median_s'] / h['median_s']:.2f}x" if e.get("median_s") and h.get("median_s") else "-"
-        rows.append([t["method"], t["setting"], ips(e), ips(h), ratio])
+        ms = lambda x: (f"{1e3 * x['loss_forward_s']:.1f}+{1e3 * x['loss_backward_s']:.1f}"
+                        if "loss_forward_s" in x else "-")
+        share = lambda x: f"{100 * x['loss_share']:.1f}%" if "loss_share" in x else "-"
+        by_difference = (f"{100 * (1 - n['median_s'] / h['median_s']):.1f}%"
+                         if n.get("median_s") and h.get("median_s") else "-")
+        rows.append([t["method"], t["setting"], ips(n), ips(e), ips(h), ratio, ms(e), ms(h),
+                     share(n), share(e), share(h), by_difference])
     return rows
 
 
@@ -107,7 +119,7 @@ def print_report(result, out=print):
     out(format_text(TABLE_COLUMNS, table_rows(result)))
     if train_rows(result):
         out("")
-        out("training steps (iterations per second, small backbone):")
+        out("training steps (small backbone; the losses' time and share measured inside the step):")
         out(format_text(TRAIN_COLUMNS, train_rows(result)))
     for line in notes(result):
         out(f"note {line}")
@@ -125,7 +137,7 @@ def markdown(result):
     lines += [f"- {line}" for line in header_lines(result["meta"])]
     lines += ["", format_markdown(TABLE_COLUMNS, table_rows(result)), ""]
     if train_rows(result):
-        lines += ["Training steps (iterations per second, small backbone):", "",
+        lines += ["Training steps (small backbone; the losses' time and share measured inside the step):", "",
                   format_markdown(TRAIN_COLUMNS, train_rows(result)), ""]
     lines += [f"- note {line}" for line in notes(result)]
     for s in result.get("skipped", []):
@@ -155,9 +167,28 @@ def _bar_group(ax, labels, series, label_size):
     ax.set_ylim(len(labels) - 0.5, -0.5)
 
 
+def _share_panel(ax, train):
+    """The losses' share of each method's training step (%, linear axis), one bar per contender."""
+    kinds = [("hal_ext", "tab:green"), ("eager", "tab:blue"), ("noop", "tab:gray")]
+    height = 0.8 / len(kinds)
+    for n, (kind, color) in enumerate(kinds):
+        offsets = [i - 0.4 + height * (n + 0.5) for i in range(len(train))]
+        values = [100 * t["contenders"].get(kind, {}).get("loss_share", float("nan")) for t in train]
+        ax.barh(offsets, values, height=height, color=color, label=f"{kind} losses")
+        for yy, v in zip(offsets, values):
+            if v == v:
+                ax.text(v + 0.5, yy, f"{v:.1f}%", va="center", ha="left", fontsize=6.5)
+    ax.set_yticks(list(range(len(train))))
+    ax.set_yticklabels([f"{t['method']} training step" for t in train], fontsize=7)
+    ax.set_ylim(len(train) - 0.5, -0.5)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("share of the training step spent in the losses (%, measured inside the step)")
+
+
 def chart(result, path):
     """Speedup of hal_ext per op and shape (contender time / hal_ext time) and, below, per training step,
-    with the value on every bar; the legend sits above the plot, the title names machine and commit."""
+    with the value on every bar; then the losses' share of each training step. The legends sit above
+    the plots, the title names machine and commit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,22 +211,32 @@ def chart(result, path):
         panels.append(([f"{t['method']} training step" for t in train], train_series))
     if not panels:
         return
-    heights = [max(1, len(labels)) for labels, _ in panels]
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
-                             figsize=(9.5, 1.9 + 0.34 * sum(heights) + 0.4 * len(panels)),
-                             gridspec_kw={"height_ratios": heights})
-    values = [v for _, series in panels for _, _, vals in series for v in vals if v == v]
-    for ax, (labels, series) in zip(axes[:, 0], panels):
+    shares = [t for t in train if "loss_share" in t["contenders"]["hal_ext"]]
+    heights = [max(1, len(labels)) for labels, _ in panels] + ([len(shares) + 1] if shares else [])
+    fig = plt.figure(figsize=(9.5, 1.9 + 0.34 * sum(heights) + 0.6 * len(heights)))
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    axes = []
+    for i, (labels, series) in enumerate(panels):
+        ax = fig.add_subplot(grid[i, 0], sharex=axes[0] if axes else None)
         _bar_group(ax, labels, series, label_size=7)
         ax.legend(fontsize=7.5, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False,
                   borderaxespad=0.2)
-    ax = axes[-1, 0]
+        axes.append(ax)
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    values = [v for _, series in panels for _, _, vals in series for v in vals if v == v]
+    ax = axes[-1]
     ax.set_xscale("log")
     ax.set_xlim(min(0.8, min(values) / 1.6), max(values) * 1.9)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("speedup of hal_ext (contender time / hal_ext time, log scale; > 1: hal_ext faster)")
+    if shares:
+        share_ax = fig.add_subplot(grid[len(panels), 0])
+        _share_panel(share_ax, shares)
+        share_ax.legend(fontsize=7.5, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False,
+                        borderaxespad=0.2)
     meta = result["meta"]
     commit = meta.get("hal_ext_commit") or "unknown commit"
     commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")

@@ -1,11 +1,18 @@
 """Training-step benchmark: one iteration of each method's loop as tllib's example scripts run it
 (mcd.py: three steps, two heads, num_k=4 generator updates; mdd.py: one step; regda.py: three steps),
-with a small backbone so that the losses' share is visible. Two contenders, each with its own
+with a small backbone so that the losses' share is visible. Three contenders, each with its own
 identically initialised model and optimisers: `eager` uses the tllib-semantics losses (hal_ext.reference /
 benchmarks.baselines, tllib's NumPy pseudo-label generator for RegDA), `hal_ext` uses hal_ext's public
-API. A method whose hal_ext API is missing is skipped with a note. Only the losses differ: models,
-data and optimisers are the same code.
+API, `noop` uses losses that cost nothing but keep the graph (`(y_adv * 0).sum()`), a cross-check of
+the direct measurement. A method whose hal_ext API is missing is skipped with a note. Only the losses
+differ: models, data and optimisers are the same code.
+
+Every loss call goes through a `LossClock` (step_clock.py): its forward and its own backward down to
+the model outputs are timed inside the real step, so each step reports the share of its time spent in
+the losses; `measure` takes the median over at least 15 steps per contender, interleaved.
 """
+import statistics
+import time
 from types import SimpleNamespace
 
 import torch
@@ -14,6 +21,7 @@ import torch.nn.functional as F
 
 from . import baselines, timing
 from .cases import Unavailable, public, reference
+from .step_clock import LossClock
 
 
 def _backbone(out_channels=32):
@@ -28,7 +36,14 @@ def _sgd(params):
 
 # ---- MCD ---------------------------------------------------------------------------------------
 
+def _noop(*tensors, **options):
+    """A loss that costs nothing but keeps the graph: zero times the first tensor argument, summed."""
+    return (tensors[0] * 0).sum()
+
+
 def mcd_losses(kind):
+    if kind == "noop":
+        return SimpleNamespace(entropy=_noop, discrepancy=_noop)
     if kind == "hal_ext":
         return SimpleNamespace(entropy=public("hal_ext.alignment.mcd", "entropy"),
                                discrepancy=public("hal_ext.alignment.mcd", "classifier_discrepancy"))
@@ -49,22 +64,28 @@ def mcd_step(losses, device, batch=32, num_classes=31, num_k=4):
         (y1_s, y1_t), (y2_s, y2_t) = F1(g).chunk(2, 0), F2(g).chunk(2, 0)
         return y1_s, y2_s, F.softmax(y1_t, 1), F.softmax(y2_t, 1)
 
-    def source_loss(y1_s, y2_s, y1_t, y2_t):
-        return (F.cross_entropy(y1_s, labels) + F.cross_entropy(y2_s, labels)
-                + (losses.entropy(y1_t) + losses.entropy(y2_t)) * 0.01)
+    def source_loss(clock, y1_s, y2_s, y1_t, y2_t):
+        """The cross-entropies (the model's); the entropies enter the clock's objective."""
+        y1_t, y2_t = clock.cut(y1_t, y2_t)
+        clock.loss(losses.entropy, y1_t, coefficient=0.01)
+        clock.loss(losses.entropy, y2_t, coefficient=0.01)
+        return F.cross_entropy(y1_s, labels) + F.cross_entropy(y2_s, labels), (y1_t, y2_t)
 
-    def step():
+    def step(clock):
         opt_g.zero_grad(), opt_f.zero_grad()
-        source_loss(*heads()).backward()
+        ce, _ = source_loss(clock, *heads())
+        clock.backward(ce)
         opt_g.step(), opt_f.step()
         opt_g.zero_grad(), opt_f.zero_grad()
-        y = heads()
-        (source_loss(*y) - losses.discrepancy(y[2], y[3])).backward()
+        ce, (y1_t, y2_t) = source_loss(clock, *heads())
+        clock.loss(losses.discrepancy, y1_t, y2_t, coefficient=-1.0)
+        clock.backward(ce)
         opt_f.step()
         for _ in range(num_k):
             opt_g.zero_grad()
             y = heads()
-            losses.discrepancy(y[2], y[3]).backward()
+            clock.loss(losses.discrepancy, *clock.cut(y[2], y[3]))
+            clock.backward()
             opt_g.step()
     return step, f"batch {batch}+{batch}, 3x16x16, C={num_classes}, num_k={num_k}"
 
@@ -92,6 +113,8 @@ class _MDDClassifier(nn.Module):
 
 
 def mdd_losses(kind):
+    if kind == "noop":
+        return _noop
     if kind == "hal_ext":
         return public("hal_ext.alignment.mdd", "ClassificationMarginDisparityDiscrepancy")(margin=4.0)
     return baselines.classification_mdd
@@ -103,13 +126,14 @@ def mdd_step(mdd, device, batch=32, num_classes=31):
     x = torch.randn(2 * batch, 3, 16, 16, device=device)
     labels = torch.randint(num_classes, (batch,), device=device)
 
-    def step():
+    def step(clock):
         opt.zero_grad()
         outputs, outputs_adv = model(x)
         (y_s, y_t), (y_s_adv, y_t_adv) = outputs.chunk(2, 0), outputs_adv.chunk(2, 0)
-        loss = F.cross_entropy(y_s, labels) - mdd(y_s, y_s_adv, y_t, y_t_adv)
+        ce = F.cross_entropy(y_s, labels)
+        clock.loss(mdd, *clock.cut(y_s, y_s_adv, y_t, y_t_adv), coefficient=-1.0)
         model.step()
-        loss.backward()
+        clock.backward(ce)
         opt.step()
     return step, f"batch {batch}+{batch}, 3x16x16, C={num_classes}, margin 4"
 
@@ -141,6 +165,8 @@ class _PoseNet(nn.Module):
 
 
 def regda_losses(kind, num_keypoints, size):
+    if kind == "noop":
+        return _noop, lambda y, y_adv, weight=None, mode="min": _noop(y_adv)
     if kind == "hal_ext":
         regda, kp = "hal_ext.alignment.regda", "hal_ext.keypoint_detection"
         criterion = public(kp, "JointsKLLoss")()
@@ -162,19 +188,22 @@ def regda_step(losses, device, batch=32, num_keypoints=21, size=64):
     w_s = w_t = torch.ones(batch, num_keypoints, device=device)
     margin, trade_off = 4.0, 1.0
 
-    def step():
+    def step(clock):
         opt_f.zero_grad(), opt_h.zero_grad(), opt_h_adv.zero_grad()
-        y_s, y_s_adv = model(x_s)
-        loss_s = criterion(y_s, label_s, w_s) + margin * trade_off * disparity(y_s, y_s_adv, w_s, mode="min")
-        loss_s.backward()
+        y_s, y_s_adv = clock.cut(*model(x_s))
+        clock.loss(criterion, y_s, label_s, w_s)
+        clock.loss(disparity, y_s, y_s_adv, w_s, mode="min", coefficient=margin * trade_off)
+        clock.backward()
         opt_f.step(), opt_h.step(), opt_h_adv.step()
         opt_h_adv.zero_grad()
-        y_t, y_t_adv = model(x_t)
-        (trade_off * disparity(y_t, y_t_adv, w_t, mode="max")).backward()
+        y_t, y_t_adv = clock.cut(*model(x_t))
+        clock.loss(disparity, y_t, y_t_adv, w_t, mode="max", coefficient=trade_off)
+        clock.backward()
         opt_h_adv.step()
         opt_f.zero_grad()
-        y_t, y_t_adv = model(x_t)
-        (trade_off * disparity(y_t, y_t_adv, w_t, mode="min")).backward()
+        y_t, y_t_adv = clock.cut(*model(x_t))
+        clock.loss(disparity, y_t, y_t_adv, w_t, mode="min", coefficient=trade_off)
+        clock.backward()
         opt_f.step()
         model.step()
     return step, f"batch {batch}, 3x{size}x{size} -> {num_keypoints}x{size}x{size} heatmaps, JointsKLLoss"
@@ -187,8 +216,45 @@ METHODS = {
 }
 
 
-def run(methods, device, budget_s=1.5, min_reps=3, max_reps=20, kinds=("eager", "hal_ext"), log=print):
-    """[{method, setting, contenders: {eager, hal_ext: timing summary of one iteration}} | {method, skipped}]."""
+def measure(steps, device, warmup=2, min_steps=15, max_steps=40, budget_s=1.5):
+    """Runs the steps ({contender: step(clock)}) interleaved, the order rotating every round, after
+    `warmup` untimed steps each; at least `min_steps` rounds, more while the budget lasts. Per contender:
+    the step time (median, quartiles), the losses' forward and backward time per step (medians) and
+    their share of the step (median of the per-step shares)."""
+    clocks = {name: LossClock(device) for name in steps}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            clocks[name].reset()
+            step(clocks[name])
+    timing.sync(device)
+    names = list(steps)
+    records = {name: [] for name in names}
+    spent, rounds = 0.0, 0
+    while rounds < min_steps or (rounds < max_steps and spent < budget_s):
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            clock = clocks[name]
+            clock.reset()
+            start = time.perf_counter()
+            steps[name](clock)
+            timing.sync(device)
+            step_s = time.perf_counter() - start
+            forward_s, backward_s = clock.totals()
+            records[name].append((step_s, forward_s, backward_s))
+            spent += step_s
+        rounds += 1
+    out = {}
+    for name, rec in records.items():
+        summary = timing.summarize([r[0] for r in rec])
+        out[name] = {**summary,
+                     "loss_forward_s": statistics.median(r[1] for r in rec),
+                     "loss_backward_s": statistics.median(r[2] for r in rec),
+                     "loss_s": statistics.median(r[1] + r[2] for r in rec),
+                     "loss_share": statistics.median((r[1] + r[2]) / r[0] for r in rec)}
+    return out
+
+
+def run(methods, device, budget_s=1.5, min_steps=15, max_steps=40, kinds=("noop", "eager", "hal_ext"), log=print):
+    """[{method, setting, contenders: {noop, eager, hal_ext: see `measure`}} | {method, skipped}]."""
     out = []
     for method in methods:
         make_losses, make_step = METHODS[method]
@@ -202,9 +268,8 @@ def run(methods, device, budget_s=1.5, min_reps=3, max_reps=20, kinds=("eager", 
             out.append({"method": method, "skipped": str(error)})
             log(f"[train] {method}: SKIPPED ({error})", flush=True)
             continue
-        stats = timing.measure(steps, device, warmup=2, min_reps=min_reps, max_reps=max_reps, sample_s=0.0,
-                               budget_s=budget_s)
-        row = {"method": method, "setting": setting, "contenders": stats}
-        out.append(row)
-        log(f"[train] {method}: " + ", ".join(f"{k} {1 / s['median_s']:.1f} it/s" for k, s in stats.items()), flush=True)
+        stats = measure(steps, device, min_steps=min_steps, max_steps=max_steps, budget_s=budget_s)
+        out.append({"method": method, "setting": setting, "contenders": stats})
+        log(f"[train] {method}: " + ", ".join(f"{k} {1 / s['median_s']:.1f} it/s, losses {100 * s['loss_share']:.1f}%"
+                                             for k, s in stats.items()), flush=True)
     return out
