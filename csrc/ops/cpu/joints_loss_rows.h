@@ -2,6 +2,8 @@
 // One (b, k) heatmap row of the keypoint losses on the CPU (math in ops/joints_loss_math.h). The
 // loops are written to vectorise (omp simd; hal_exp/hal_log for float). The target row may have any
 // element type (the input dtype, or a float row that the fused regression disparity builds).
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -21,13 +23,40 @@ namespace joints_loss_cpu {
 
 namespace math = joints_loss_math;
 
+// Row sums run over blocks of kSumBlock pixels: acc_t lanes within a block (vectorised), the block
+// sums added in double. A float32 row sum's rounding then neither grows with the row's length nor
+// depends on how many lanes the compiler gives the loop (AVX2, AVX-512, or one at -O1).
+constexpr int64_t kSumBlock = 256;
+
+template <typename F>
+HAL_ROW_INLINE void for_each_block(int64_t n, const F& f) {
+  for (int64_t p0 = 0; p0 < n; p0 += kSumBlock) f(p0, std::min(n, p0 + kSumBlock));
+}
+
+// sum_{p0 <= p < p1} term(p), blocked.
+template <typename acc_t, typename F>
+HAL_ROW_INLINE double range_sum(int64_t p0, int64_t p1, const F& term) {
+  double total = 0;
+  for (int64_t b0 = p0; b0 < p1; b0 += kSumBlock) {
+    const int64_t b1 = std::min(p1, b0 + kSumBlock);
+    acc_t s = 0;
+    HAL_SIMD_SUM(s)
+    for (int64_t p = b0; p < b1; ++p) s += term(p);
+    total += static_cast<double>(s);
+  }
+  return total;
+}
+
+template <typename acc_t, typename F>
+HAL_ROW_INLINE double row_sum(int64_t n, const F& term) {
+  return range_sum<acc_t>(0, n, term);
+}
+
 // sum_p 0.5 (z_p - x_p)^2
 template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE acc_t mse_row_sum(const in_t* z, const tgt_t* x, int64_t n) {
-  acc_t s = 0;
-  HAL_SIMD_SUM(s)
-  for (int64_t p = 0; p < n; ++p) s += math::mse_term<acc_t>(static_cast<acc_t>(z[p]), static_cast<acc_t>(x[p]));
-  return s;
+  return static_cast<acc_t>(row_sum<acc_t>(
+      n, [&](int64_t p) { return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), static_cast<acc_t>(x[p])); }));
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>
@@ -45,25 +74,36 @@ struct KLRowStats {
   acc_t S;     // sum of (target + epsilon)
 };
 
-// Two passes: (max z, S), then (sum exp(z - max), sum xlogy(t, t) - t z).
+// Two passes: (max z, S), then (sum exp(z - max), sum xlogy(t, t) - t z), blocked; the row's scalars
+// in double.
 template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  acc_t S = 0;
-  HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : S))
-  for (int64_t p = 0; p < n; ++p) {
-    m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
-    S += static_cast<acc_t>(x[p]) + eps;
-  }
-  acc_t Z = 0, A = 0;
-  HAL_PRAGMA(omp simd reduction(+ : Z, A))
-  for (int64_t p = 0; p < n; ++p) {
-    const acc_t zp = static_cast<acc_t>(z[p]);
-    Z += hal_exp_nonpositive(zp - m);
-    A += math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, zp);
-  }
-  const acc_t lse = m + hal_log(Z);
-  return {math::kl_row_loss<acc_t>(A, S / S, lse, n), lse, S};
+  double S_sum = 0;
+  for_each_block(n, [&](int64_t p0, int64_t p1) {
+    acc_t s = 0;
+    HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
+    for (int64_t p = p0; p < p1; ++p) {
+      m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
+      s += static_cast<acc_t>(x[p]) + eps;
+    }
+    S_sum += static_cast<double>(s);
+  });
+  const acc_t S = static_cast<acc_t>(S_sum);
+  double Z = 0, A = 0;
+  for_each_block(n, [&](int64_t p0, int64_t p1) {
+    acc_t zs = 0, as = 0;
+    HAL_PRAGMA(omp simd reduction(+ : zs, as))
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t zp = static_cast<acc_t>(z[p]);
+      zs += hal_exp_nonpositive(zp - m);
+      as += math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, zp);
+    }
+    Z += static_cast<double>(zs);
+    A += static_cast<double>(as);
+  });
+  const double lse = static_cast<double>(m) + std::log(Z), T = static_cast<double>(S / S);
+  return {static_cast<acc_t>(n == 0 ? 0.0 : A + T * lse), static_cast<acc_t>(lse), S};
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>

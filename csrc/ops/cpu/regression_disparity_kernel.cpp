@@ -5,11 +5,19 @@
 //                  'max': clamp(sum_{j != k} G_j, 0, 1)   (exact double sum, one rounding: clamp_false)
 //   loss         = JointsMSELoss / JointsKLLoss(y_adv, target, weight) (joints_loss_math.h)
 //
-// Pass 1, one task per map: the peaks. Pass 2, one task per sample b: the K windows are summed into a
-// per-thread H*W scratch (mode 'max'), then each row's target is built in a second H*W scratch and
-// the row kernels of the keypoint losses run on it; for mode 'min' with the KL criterion no target
-// row is built: the target terms run over the keypoint's window (see window_only). The B*K*H*W maps
-// are never written; the backward rebuilds the targets from the saved peaks and writes only grad_y_adv.
+// No target map is built. Row (b, k)'s target is a per-sample *base* outside keypoint k's window and
+// the window's own values inside it: base = 0 in mode 'min'; in mode 'max' base_p = clamp_false(T_p)
+// with T = the exact double sum of the sample's K windows (built once per sample, cache-resident), and
+// inside the window x_p = clamp_false(T_p - G_k(p)). A row reads y_adv (and the base) in its dense
+// passes and visits its window's pixels one by one, so 'max' costs what 'min' costs:
+//   MSE: sum_p 0.5 (z_p - base_p)^2 + sum_{p in window} [0.5 (z_p - x_p)^2 - 0.5 (z_p - base_p)^2]
+//   KL:  with x'_p = x_p + eps, S = sum_p x'_p, t_p = x'_p / S, P = sum_p x'_p log x'_p:
+//        sum_p [xlogy(t_p, t_p) - t_p z_p] = (P - sum_p x'_p z_p) / S - log S
+//        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window.
+// Row sums accumulate in double across blocks (row_sums.h). A row with a non-finite logit takes the
+// dense form instead (its inf/NaN as torch's). The backward evaluates every pixel's target from the
+// same base and window (bit for bit the dense gradient) and writes only grad_y_adv.
+// Pass 1, one task per map: the peaks. Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -18,7 +26,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_parallel.h"
@@ -41,53 +51,6 @@ plm::Axis axis_of(const Args& a, int64_t pos, int64_t extent) {
   return a.fast ? plm::fast_axis(pos, a.sigma, extent) : plm::truncated_axis(pos, a.sigma, extent);
 }
 
-template <bool kFast>
-void add_window(double* total, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den) {
-  if (ax.lo >= ax.hi) return;
-  const int32_t n = static_cast<int32_t>(ax.hi - ax.lo), dx0 = plm::offset32(ax.lo, ax.centre);
-  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
-    double* t = total + Y * W + ax.lo;
-    const int32_t dy = plm::offset32(Y, ay.centre);
-    HAL_SIMD
-    for (int32_t i = 0; i < n; ++i) t[i] += static_cast<double>(plm::gaussian_off<kFast>(dx0 + i, dy, den));
-  }
-}
-
-// The target row of keypoint k of one sample. `total` holds the sample's exact sum (mode 'max').
-template <bool kFast>
-void build_target(float* out, const double* total, bool max_mode, const plm::Axis& ax, const plm::Axis& ay,
-                  int64_t H, int64_t W, float den) {
-  const int64_t n = H * W;
-  if (max_mode) {
-    HAL_SIMD
-    for (int64_t p = 0; p < n; ++p) out[p] = plm::clamp_false(total[p]);
-  } else {
-    std::fill(out, out + n, 0.0f);
-  }
-  if (ax.lo >= ax.hi) return;
-  const int32_t len = static_cast<int32_t>(ax.hi - ax.lo), dx0 = plm::offset32(ax.lo, ax.centre);
-  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
-    float* o = out + Y * W + ax.lo;
-    const double* t = total + Y * W + ax.lo;
-    const int32_t dy = plm::offset32(Y, ay.centre);
-    if (max_mode) {
-      HAL_SIMD
-      for (int32_t i = 0; i < len; ++i) {
-        o[i] = plm::clamp_false(t[i] - static_cast<double>(plm::gaussian_off<kFast>(dx0 + i, dy, den)));
-      }
-    } else {
-      HAL_SIMD
-      for (int32_t i = 0; i < len; ++i) o[i] = plm::gaussian_off<kFast>(dx0 + i, dy, den);
-    }
-  }
-}
-
-// Mode 'min' with the KL criterion: row (b, k)'s target is keypoint k's window, zero elsewhere (plus
-// epsilon everywhere), so off the window it is one constant c0 = epsilon / S and its target terms
-// reduce to (n - |window|) xlogx(c0) - c0 * (sum of z off the window): only the window's pixels are
-// visited one by one and the dense target row is neither built nor read.
-bool window_only(const Args& a) { return a.kl && !a.max_mode; }
-
 // Calls f(pixel_index, gaussian_value) over keypoint window (ax, ay) of a W-wide map, row by row.
 template <bool kFast, typename F>
 void for_each_window_pixel(const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den, const F& f) {
@@ -99,86 +62,185 @@ void for_each_window_pixel(const plm::Axis& ax, const plm::Axis& ay, int64_t W, 
   }
 }
 
-// kl_row_forward for a window target. Returns false, computing nothing, when the row holds a
-// non-finite logit: the dense form's NaN/inf propagation (as torch's kl_div) is then kept.
-template <bool kFast, typename acc_t, typename in_t>
-bool kl_window_forward(const in_t* z, int64_t n, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den,
-                       acc_t eps, KLRowStats<acc_t>* out) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity(), z_sum = 0;
+template <bool kFast>
+void add_window(double* total, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den) {
+  for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) { total[q] += static_cast<double>(g); });
+}
+
+// Row (b, k)'s target: base (null: 0) off keypoint k's window (ax, ay); inside it G_k ('min', total
+// null) or clamp_false(total - G_k) ('max').
+struct SparseTarget {
+  const float* base;
+  const double* total;
+  plm::Axis ax, ay;
+  float base_at(int64_t p) const { return base ? base[p] : 0.0f; }
+  float window_at(int64_t q, float g) const {
+    return total ? plm::clamp_false(total[q] - static_cast<double>(g)) : g;
+  }
+};
+
+// Calls f(p0, p1) for the contiguous pixel ranges of a W-wide map of n pixels outside window (ax, ay)
+// (some may be empty).
+template <typename F>
+void for_each_range_off_window(const plm::Axis& ax, const plm::Axis& ay, int64_t W, int64_t n, const F& f) {
+  if (ax.lo >= ax.hi || ay.lo >= ay.hi) return f(int64_t(0), n);
+  int64_t from = 0;
+  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
+    f(from, Y * W + ax.lo);
+    from = Y * W + ax.hi;
+  }
+  f(from, n);
+}
+
+// sum over the pixels outside t's window of term(p), blocked (joints_loss_rows.h).
+template <typename acc_t, typename F>
+double off_window_sum(const plm::Axis& ax, const plm::Axis& ay, int64_t W, int64_t n, const F& term) {
+  double total = 0;
+  for_each_range_off_window(ax, ay, W, n, [&](int64_t p0, int64_t p1) { total += range_sum<acc_t>(p0, p1, term); });
+  return total;
+}
+
+// The KL target sums of a sample's base, x'_p = base_p + eps (acc_t, as the dense form): sum_p x'_p and
+// sum_p x'_p log x'_p, each term's value summed in double (a row then removes its window's terms
+// exactly: with epsilon 0 and no target left, S is exactly 0 and the loss NaN, as torch's).
+struct BaseSums {
+  double S, P;
+};
+
+template <typename acc_t>
+BaseSums base_sums(const float* base, int64_t n, acc_t eps) {
+  if (!base) {
+    return {static_cast<double>(n) * static_cast<double>(eps), static_cast<double>(n) * math::xlogx<acc_t>(eps)};
+  }
+  double S = 0, P = 0;
+  HAL_PRAGMA(omp simd reduction(+ : S, P))
+  for (int64_t p = 0; p < n; ++p) {
+    const acc_t x = static_cast<acc_t>(base[p]) + eps;
+    S += static_cast<double>(x);
+    P += static_cast<double>(math::xlogx<acc_t>(x));
+  }
+  return {S, P};
+}
+
+// The dense target row (the fallback of rows with non-finite logits).
+template <bool kFast>
+void build_target(float* out, const SparseTarget& t, int64_t n, int64_t W, float den) {
+  for (int64_t p = 0; p < n; ++p) out[p] = t.base_at(p);
+  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) { out[q] = t.window_at(q, g); });
+}
+
+// Whether a row's logits are all finite (else the dense form keeps torch's inf/NaN propagation).
+template <typename in_t>
+bool all_finite(const in_t* z, int64_t n) {
+  using acc_t = at::opmath_type<in_t>;
   int32_t non_finite = 0;
-  HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : z_sum, non_finite))
+  HAL_PRAGMA(omp simd reduction(+ : non_finite))
   for (int64_t p = 0; p < n; ++p) {
     const acc_t v = static_cast<acc_t>(z[p]);
-    m = math::max_nan_ignoring<acc_t>(m, v);
-    z_sum += v;
     non_finite += !(v - v == acc_t(0));
   }
-  if (non_finite) return false;
-  acc_t Z = 0;
-  HAL_SIMD_SUM(Z)
-  for (int64_t p = 0; p < n; ++p) Z += hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
-  acc_t S_window = 0, z_window = 0;
-  int64_t count = 0;
-  for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) {
-    S_window += static_cast<acc_t>(g) + eps;
-    z_window += static_cast<acc_t>(z[q]);
-    ++count;
-  });
-  const acc_t off = static_cast<acc_t>(n - count);
-  const acc_t S = S_window + off * eps, c0 = eps / S;
-  acc_t A = off * math::xlogx(c0) - c0 * (z_sum - z_window);
-  for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) {
-    A += math::kl_term<acc_t>((static_cast<acc_t>(g) + eps) / S, static_cast<acc_t>(z[q]));
-  });
-  const acc_t lse = m + hal_log(Z);
-  *out = {math::kl_row_loss<acc_t>(A, S / S, lse, n), lse, S};
-  return true;
+  return non_finite == 0;
 }
 
-// kl_row_grad for a window target: the same expressions at every pixel (t = (0 + epsilon) / S off the
-// window), so the result equals the dense one bit for bit.
+// The unweighted MSE row sum (not yet divided by n) of a finite row: off the window against the base,
+// then the window's pixels.
 template <bool kFast, typename acc_t, typename in_t>
-void kl_window_grad(const in_t* z, int64_t n, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den,
-                    acc_t eps, acc_t lse, acc_t S, acc_t scale, in_t* out) {
-  const acc_t T = S / S, t0 = (acc_t(0) + eps) / S;
-  HAL_SIMD
-  for (int64_t p = 0; p < n; ++p) {
-    out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), t0, lse, T, scale));
+double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den) {
+  double s = t.base ? off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+    return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), static_cast<acc_t>(t.base[p]));
+  }) : off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+    return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), acc_t(0));
+  });
+  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+    s += static_cast<double>(math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g))));
+  });
+  return s;
+}
+
+// The KL row statistics of a finite row (see the top of the file): m and Z over the row, sum x'_p z_p
+// off the window and on it, S and P from the sample's base sums with the window's terms exchanged.
+template <bool kFast, typename acc_t, typename in_t>
+KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t, const BaseSums& sums,
+                                    int64_t W, float den, acc_t eps) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  HAL_PRAGMA(omp simd reduction(max : m))
+  for (int64_t p = 0; p < n; ++p) m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
+  const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
+  double xz = t.base ? off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+    return (static_cast<acc_t>(t.base[p]) + eps) * static_cast<acc_t>(z[p]);
+  }) : static_cast<double>(eps) * off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+    return static_cast<acc_t>(z[p]);
+  });
+  double S = sums.S, P = sums.P;
+  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+    const acc_t x = static_cast<acc_t>(t.window_at(q, g)) + eps, b = static_cast<acc_t>(t.base_at(q)) + eps;
+    S += static_cast<double>(x) - static_cast<double>(b);
+    P += static_cast<double>(math::xlogx<acc_t>(x)) - static_cast<double>(math::xlogx<acc_t>(b));
+    xz += static_cast<double>(x * static_cast<acc_t>(z[q]));
+  });
+  const double lse = static_cast<double>(m) + std::log(Z), T = S / S;
+  const double loss = n == 0 ? 0.0 : (P - xz) / S - T * std::log(S) + T * lse;
+  return {static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S)};
+}
+
+// The gradient rows: the dense expressions at every pixel with the target evaluated in place.
+template <bool kFast, typename acc_t, typename in_t>
+void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den, acc_t eps, acc_t lse,
+                    acc_t S, acc_t scale, in_t* out) {
+  const acc_t T = S / S;
+  if (t.base) {
+    kl_row_grad<acc_t>(z, t.base, n, eps, lse, S, scale, out);
+  } else {
+    const acc_t t0 = (acc_t(0) + eps) / S;
+    HAL_SIMD
+    for (int64_t p = 0; p < n; ++p) {
+      out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), t0, lse, T, scale));
+    }
   }
-  for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) {
-    const acc_t t = (static_cast<acc_t>(g) + eps) / S;
-    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), t, lse, T, scale));
+  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+    const acc_t tq = (static_cast<acc_t>(t.window_at(q, g)) + eps) / S;
+    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), tq, lse, T, scale));
   });
 }
 
-// Runs body(row, target, ax, ay) for every row, one task per sample, with the row's keypoint window;
-// with build_targets, target is the row's dense target built from the peaks (else null).
-template <typename Body>
-void for_each_target_row(const Args& a, const int64_t* peaks, bool build_targets, const Body& body) {
+template <bool kFast, typename acc_t, typename in_t>
+void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den, acc_t scale, in_t* out) {
+  if (t.base) {
+    mse_row_grad<acc_t>(z, t.base, n, scale, out);
+  } else {
+    HAL_SIMD
+    for (int64_t p = 0; p < n; ++p) out[p] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[p]), acc_t(0), scale));
+  }
+  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+    out[q] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g)), scale));
+  });
+}
+
+// One task per sample: info = on_sample(base) once per sample (mode 'max': after the base is built),
+// then on_row(row, target, info) for its K rows.
+template <bool kFast, typename OnSample, typename OnRow>
+void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sample, const OnRow& on_row) {
   const float den = plm::gaussian_denominator(a.sigma);
   const int64_t n = a.n();
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> total(build_targets && a.max_mode ? n : 0);
-    std::vector<float> target(build_targets ? n : 0);
+    std::vector<double> total(a.max_mode ? n : 0);
+    std::vector<float> base(a.max_mode ? n : 0);
     std::vector<plm::Axis> ax(a.K), ay(a.K);
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t k = 0; k < a.K; ++k) {
         ax[k] = axis_of(a, peaks[2 * (b * a.K + k)], a.W);
         ay[k] = axis_of(a, peaks[2 * (b * a.K + k) + 1], a.H);
       }
-      if (build_targets && a.max_mode) {
+      if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
-        for (int64_t k = 0; k < a.K; ++k) {
-          if (a.fast) add_window<true>(total.data(), ax[k], ay[k], a.W, den);
-          else add_window<false>(total.data(), ax[k], ay[k], a.W, den);
-        }
+        for (int64_t k = 0; k < a.K; ++k) add_window<kFast>(total.data(), ax[k], ay[k], a.W, den);
+        HAL_SIMD
+        for (int64_t p = 0; p < n; ++p) base[p] = plm::clamp_false(total[p]);
       }
+      const float* base_ptr = a.max_mode ? base.data() : nullptr;
+      const auto info = on_sample(base_ptr);
       for (int64_t k = 0; k < a.K; ++k) {
-        if (build_targets) {
-          if (a.fast) build_target<true>(target.data(), total.data(), a.max_mode, ax[k], ay[k], a.H, a.W, den);
-          else build_target<false>(target.data(), total.data(), a.max_mode, ax[k], ay[k], a.H, a.W, den);
-        }
-        body(b * a.K + k, build_targets ? target.data() : nullptr, ax[k], ay[k]);
+        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, ax[k], ay[k]}, info);
       }
     }
   });
@@ -222,34 +284,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(epsilon);
     std::vector<acc_t> row(rows);
-    const bool windows = window_only(a);
     const float den = plm::gaussian_denominator(a.sigma);
-    auto dense_kl = [&](int64_t r, const float* target, const plm::Axis& ax, const plm::Axis& ay) {
-      if (target) return kl_row_forward<acc_t>(zp + r * n, target, n, eps);
-      std::vector<float> built(n);  // a non-finite row on the window path: the dense target, built here
-      if (a.fast) build_target<true>(built.data(), nullptr, /*max_mode=*/false, ax, ay, a.H, a.W, den);
-      else build_target<false>(built.data(), nullptr, /*max_mode=*/false, ax, ay, a.H, a.W, den);
-      return kl_row_forward<acc_t>(zp + r * n, built.data(), n, eps);
+    auto run = [&](auto fast_tag) {
+      constexpr bool kFast = decltype(fast_tag)::value;
+      auto sample_sums = [&](const float* base) { return a.kl ? base_sums<acc_t>(base, n, eps) : BaseSums{0, 0}; };
+      for_each_sample<kFast>(a, pk, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
+        const scalar_t* zr = zp + r * n;
+        acc_t v;
+        if (all_finite(zr, n)) {
+          if (a.kl) {
+            const KLRowStats<acc_t> k = kl_sparse_forward<kFast, acc_t>(zr, n, t, sums, a.W, den, eps);
+            v = k.loss;
+            st[2 * r] = k.lse;
+            st[2 * r + 1] = k.S;
+          } else {
+            v = static_cast<acc_t>(mse_sparse_sum<kFast, acc_t>(zr, n, t, a.W, den));
+          }
+        } else {
+          std::vector<float> dense(n);
+          build_target<kFast>(dense.data(), t, n, a.W, den);
+          if (a.kl) {
+            const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zr, dense.data(), n, eps);
+            v = k.loss;
+            st[2 * r] = k.lse;
+            st[2 * r + 1] = k.S;
+          } else {
+            v = mse_row_sum<acc_t>(zr, dense.data(), n);
+          }
+        }
+        row[r] = wp ? v * wp[r] : v;
+      });
     };
-    auto body = [&](int64_t r, const float* target, const plm::Axis& ax, const plm::Axis& ay) {
-      acc_t v;
-      if (a.kl) {
-        KLRowStats<acc_t> k;
-        const bool done = !target && (a.fast ? kl_window_forward<true>(zp + r * n, n, ax, ay, a.W, den, eps, &k)
-                                             : kl_window_forward<false>(zp + r * n, n, ax, ay, a.W, den, eps, &k));
-        if (!done) k = dense_kl(r, target, ax, ay);
-        v = k.loss;
-        st[2 * r] = k.lse;
-        st[2 * r + 1] = k.S;
-      } else {
-        v = mse_row_sum<acc_t>(zp + r * n, target, n);
-      }
-      row[r] = wp ? v * wp[r] : v;
-    };
-    if (n > 0) {
-      for_each_target_row(a, pk, !windows, body);
-    } else {
+    if (n == 0) {
       for (int64_t r = 0; r < rows; ++r) row[r] = a.kl ? acc_t(0) : (wp ? acc_t(0) * wp[r] : acc_t(0));
+    } else if (a.fast) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
     }
     acc_t* o = out.mutable_data_ptr<acc_t>();
     const acc_t none_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
@@ -297,17 +368,21 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     const acc_t row_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
     const acc_t divisor = a.mean ? static_cast<acc_t>(rows) * row_div : row_div;
     const float den = plm::gaussian_denominator(a.sigma);
-    const bool windows = window_only(a);
-    for_each_target_row(a, pp, !windows, [&](int64_t r, const float* target, const plm::Axis& ax, const plm::Axis& ay) {
-      acc_t scale = a.mean ? gp[0] : gp[r];
-      if (wp) scale *= wp[r];
-      scale /= divisor;
-      const acc_t lse = sp[2 * r], S = sp[2 * r + 1];
-      if (!target && a.fast) kl_window_grad<true>(zp + r * n, n, ax, ay, a.W, den, eps, lse, S, scale, o + r * n);
-      else if (!target) kl_window_grad<false>(zp + r * n, n, ax, ay, a.W, den, eps, lse, S, scale, o + r * n);
-      else if (a.kl) kl_row_grad<acc_t>(zp + r * n, target, n, eps, lse, S, scale, o + r * n);
-      else mse_row_grad<acc_t>(zp + r * n, target, n, scale, o + r * n);
-    });
+    auto run = [&](auto fast_tag) {
+      constexpr bool kFast = decltype(fast_tag)::value;
+      for_each_sample<kFast>(a, pp, [](const float*) { return 0; }, [&](int64_t r, const SparseTarget& t, int) {
+        acc_t scale = a.mean ? gp[0] : gp[r];
+        if (wp) scale *= wp[r];
+        scale /= divisor;
+        if (a.kl) {
+          kl_sparse_grad<kFast>(zp + r * n, n, t, a.W, den, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
+        } else {
+          mse_sparse_grad<kFast>(zp + r * n, n, t, a.W, den, scale, o + r * n);
+        }
+      });
+    };
+    if (a.fast) run(std::true_type{});
+    else run(std::false_type{});
   });
   return result;
 }
