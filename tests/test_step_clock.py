@@ -1,0 +1,79 @@
+"""The training-step benchmark's in-step loss clock (benchmarks/step_clock.py): cutting the graph at the
+model outputs to time the losses must not change what the model receives, and the step measurement
+reports its documented fields (no timing assertions)."""
+import torch
+import torch.nn as nn
+
+from benchmarks import train_steps
+from benchmarks.step_clock import LossClock
+from hal_ext.alignment.mcd import classifier_discrepancy, entropy
+from hal_ext.alignment.regda import PseudoLabelGenerator2d, RegressionDisparity
+from hal_ext.keypoint_detection import JointsKLLoss
+
+
+def _parameter_grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_clocked_backward_gives_the_combined_backward_gradients():
+    torch.manual_seed(0)
+    K, size = 3, 8
+    model = nn.Conv2d(2, 2 * K, 3, padding=1).double()
+    x = torch.randn(2, 2, size, size, dtype=torch.float64)
+    target = torch.rand(2, K, size, size, dtype=torch.float64)
+    criterion = JointsKLLoss()
+    disparity = RegressionDisparity(PseudoLabelGenerator2d(K, size, size), JointsKLLoss(epsilon=1e-7))
+
+    def outputs():
+        return model(x).chunk(2, 1)
+
+    y, y_adv = outputs()
+    extra = y.square().mean()  # a model-side loss that no timed loss reads
+    (extra + criterion(y, target) + 4.0 * disparity(y, y_adv, mode="max")).backward()
+    want = _parameter_grads(model)
+
+    model.zero_grad()
+    clock = LossClock("cpu")
+    y, y_adv = outputs()
+    extra = y.square().mean()
+    y_c, y_adv_c = clock.cut(y, y_adv)
+    clock.loss(criterion, y_c, target)
+    clock.loss(disparity, y_c, y_adv_c, mode="max", coefficient=4.0)
+    clock.backward(extra)
+    got = _parameter_grads(model)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    forward_s, backward_s = clock.totals()
+    assert len(clock.forward_spans) == 2 and len(clock.backward_spans) == 2
+    assert forward_s >= 0 and backward_s >= 0
+
+
+def test_one_leaf_read_by_two_losses_gets_both_gradients():
+    torch.manual_seed(1)
+    head = nn.Linear(4, 5).double()
+    f = torch.randn(6, 4, dtype=torch.float64)
+    p1, p2 = head(f).softmax(1), head(f.flip(0)).softmax(1)
+    (0.01 * entropy(p1) - classifier_discrepancy(p1, p2)).backward()
+    want = _parameter_grads(head)
+    head.zero_grad()
+    clock = LossClock("cpu")
+    p1, p2 = clock.cut(head(f).softmax(1), head(f.flip(0)).softmax(1))
+    clock.loss(entropy, p1, coefficient=0.01)
+    clock.loss(classifier_discrepancy, p1, p2, coefficient=-1.0)
+    clock.backward()
+    for g, w in zip(_parameter_grads(head), want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_measure_reports_the_share_of_every_contender():
+    steps = {}
+    for kind in ("noop", "eager", "hal_ext"):
+        torch.manual_seed(0)
+        steps[kind], _ = train_steps.regda_step(train_steps.regda_losses(kind, 2, 8), "cpu", batch=2,
+                                                num_keypoints=2, size=8)
+    stats = train_steps.measure(steps, "cpu", warmup=1, min_steps=2, max_steps=2, budget_s=0)
+    assert set(stats) == {"noop", "eager", "hal_ext"}
+    for name, s in stats.items():
+        assert s["reps"] == 2, name
+        assert 0 <= s["loss_forward_s"] and 0 <= s["loss_backward_s"], name
+        assert 0 <= s["loss_share"] <= 1, name
