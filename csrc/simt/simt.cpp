@@ -185,11 +185,18 @@ void fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &e.scheduler_stack, &e.scheduler_stack_size);
 #endif
   HAL_TSAN_ACQUIRE(&e.block_start_sync);
+  // A kernel's C++ exception is reported after its catch block has ended: fail() abandons this fiber, and
+  // abandoned inside the handler it would leave the exception on the OS thread's list of caught
+  // exceptions (shared by every fiber and the scheduler), never released.
+  bool threw = false;
+  std::string what;
   try {
     (*e.body)();
   } catch (const std::exception& ex) {
-    fail(std::string("exception in kernel: ") + ex.what());
+    threw = true;
+    what = ex.what();
   }
+  if (threw) fail("exception in kernel: " + what);
   const int t = e.current;
   const int warp = t / 32, lane = t % 32;
   HAL_TSAN_RELEASE(&e.block_end_sync);
