@@ -54,7 +54,9 @@ MUTANTS = {
 def run_suite(lib, variant, tests="tests/test_simt.py"):
     """Runs the emulated suite against `lib`; returns (passed, last lines of output)."""
     env = build_simt.test_env(lib, variant)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", tests],
+    # --capture=sys: a sanitizer writes its report to file descriptor 2 and ends the process; captured at
+    # fd level the report would die with it (build_simt.py --test does the same)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--capture=sys", tests],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     verdict = next((line for line in reversed(lines) if "passed" in line or "failed" in line or "error" in line),

@@ -144,6 +144,9 @@ void yield_to_scheduler(bool exiting = false) {
 [[noreturn]] void fail(const std::string& message) {
   Emulator& e = emu();
   if (e.error.empty()) e.error = message;
+  // The fiber ends here: what it did, its report included (written through libstdc++, whose memcpy
+  // and operator new TSan intercepts), happens before the host reads the report.
+  HAL_TSAN_RELEASE(&e.block_end_sync);
   yield_to_scheduler(true);
   std::abort();  // unreachable: an aborted launch never resumes its fibers
 }
@@ -290,6 +293,20 @@ void run_block(dim3 block) {
 #endif
   }
   e.current = -1;
+#if defined(HAL_SIMT_TSAN)
+  // A failed block's threads that have not exited are abandoned, never to run again, so what they did
+  // happens before the host goes on (and frees, say, the tensors they wrote). TSan learns it from a
+  // release made on each one's behalf: its TSan state is switched in for the release, without running
+  // it (no stack switch; the scheduler's code here is uninstrumented, so nothing else is attributed).
+  if (!e.error.empty()) {
+    for (int t = 0; t < e.threads; ++t) {
+      if (e.fibers[t].state == State::Exited) continue;
+      __tsan_switch_to_fiber(e.fibers[t].tsan, 1);
+      __tsan_release(&e.block_end_sync);
+      __tsan_switch_to_fiber(e.scheduler_tsan, 1);
+    }
+  }
+#endif
   HAL_TSAN_ACQUIRE(&e.block_end_sync);
 }
 
