@@ -56,8 +56,8 @@ def run_suite(lib, variant, tests="tests/test_simt.py"):
     env = build_simt.test_env(lib, variant)
     # --capture=sys: a sanitizer writes its report to file descriptor 2 and ends the process; captured at
     # fd level the report would die with it (build_simt.py --test does the same)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--capture=sys", tests],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--capture=sys", tests]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     verdict = next((line for line in reversed(lines) if "passed" in line or "failed" in line or "error" in line),
                    lines[-1] if lines else "")
