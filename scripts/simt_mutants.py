@@ -45,9 +45,9 @@ MUTANTS = {
     "missing bounds check in a grid-stride loop": (
         "csrc/ops/cuda/shift_log_kernel.cu",
         "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {\n"
-        "    out[i] = static_cast<scalar_t>(math::value",
+        "    out[i] = static_cast<out_t>(math::value",
         "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i - threadIdx.x < n; "
-        "i += stride) {\n    out[i] = static_cast<scalar_t>(math::value",
+        "i += stride) {\n    out[i] = static_cast<out_t>(math::value",
         "shift_log's loop checks the block's first index, not the thread's"),
 }
 
