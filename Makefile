@@ -86,9 +86,11 @@ gpu-check:
 clean:
 	rm -rf build hal_ext/_C*.so *.egg-info
 
-# The CUDA kernels under the SIMT emulator (tests/test_simt.py, which `make test` runs as well), built
-# with AddressSanitizer, then with ThreadSanitizer, each run with the sanitizer's runtime preloaded.
+# The CUDA kernels under the SIMT emulator (tests/test_simt.py and the operator fuzz through them,
+# tests/test_simt_fuzz.py, which `make test` runs as well), built with AddressSanitizer, then with
+# ThreadSanitizer, each run with the sanitizer's runtime preloaded.
+SIMT_TESTS := tests/test_simt.py tests/test_simt_fuzz.py
 .PHONY: test-simt-sanitize
 test-simt-sanitize: build
-	$(PY) scripts/build_simt.py --variant asan --test tests/test_simt.py -k "not emulator"
-	$(PY) scripts/build_simt.py --variant tsan --test
+	$(PY) scripts/build_simt.py --variant asan --test $(SIMT_TESTS)
+	$(PY) scripts/build_simt.py --variant tsan --test $(SIMT_TESTS)

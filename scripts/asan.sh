@@ -76,6 +76,10 @@ NUMERIC_ONLY=(
   "tests/test_regression_disparity.py::test_fused_matches_composition[max-kl-truncated-dtype1-cpu]"
   "tests/test_regression_disparity.py::test_fused_matches_composition[max-kl-fast-dtype1-cpu]"
 )
+# tests/test_simt_fuzz.py compares these CPU kernels' values with the emulated CUDA kernels' (a plain
+# build here), float32 KL sums included: the same -O1 numerics; it runs under ASan, on the emulated
+# kernels, in `make test-simt-sanitize`.
+NUMERIC_ONLY+=("tests/test_simt_fuzz.py")
 if (( $# == 0 )); then
   set -- tests "${NUMERIC_ONLY[@]/#/--deselect=}"
 fi

@@ -33,20 +33,39 @@ VARIANTS = {
 }
 
 
+# allocator_may_return_null: an impossible allocation (the fuzz asks for some) is torch's RuntimeError,
+# not an ASan abort, as in scripts/asan.sh.
 SANITIZER_RUNTIME = {
-    "asan": ("libasan.so", "ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1"),
+    "asan": ("libasan.so", "ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1:allocator_may_return_null=1"),
     "tsan": ("libtsan.so", "TSAN_OPTIONS", "halt_on_error=1:report_signal_unsafe=0"),
 }
 
 
+def _compiler_file(name):
+    path = subprocess.run([os.environ.get("CXX", "g++"), f"-print-file-name={name}"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if not os.path.isabs(path):  # the compiler echoes a name it does not have
+        raise RuntimeError(f"the compiler ({os.environ.get('CXX', 'g++')}) has no {name}")
+    return path
+
+
 def test_env(lib, variant):
-    """Environment for running the emulated suite against `lib` (sanitizer runtime preloaded)."""
+    """Environment for running the emulated suite against `lib` (sanitizer runtime preloaded).
+
+    libstdc++ is preloaded with the sanitizer runtime: the runtime intercepts __cxa_throw and looks the
+    real one up when it starts, before Python has loaded libstdc++; preloaded alone, it finds none, and
+    the process's first C++ exception (the emulator's first reported kernel error) ends it with
+    "CHECK failed: ... real___cxa_throw" and exit 1 (scripts/asan.sh does the same)."""
     env = {**os.environ, "HAL_EXT_SIMT_LIB": str(lib), "HAL_EXT_SIMT_VARIANT": variant}
     if variant in SANITIZER_RUNTIME:
         runtime, options_var, options = SANITIZER_RUNTIME[variant]
-        path = subprocess.run([os.environ.get("CXX", "g++"), f"-print-file-name={runtime}"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        env.update({"LD_PRELOAD": path, options_var: options})
+        env.update({"LD_PRELOAD": f"{_compiler_file(runtime)} {_compiler_file('libstdc++.so.6')}",
+                    options_var: options})
+    if variant == "tsan":
+        # torch's own CPU ops (the tests' oracles) run on OpenMP threads, whose barriers TSan cannot see
+        # (libgomp is not instrumented): it reports every parallel TensorIterator as a race. One thread
+        # hides nothing of the kernels': the emulator runs every launch on the calling thread.
+        env["OMP_NUM_THREADS"] = "1"
     return env
 
 
@@ -144,7 +163,11 @@ def main():
         sys.exit(str(error))
     print(lib, flush=True)
     if args.test is not None:
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"] + (args.test or ["tests/test_simt.py"])
+        # --capture=sys: pytest captures Python's sys.stdout/stderr only, not file descriptor 2, where a
+        # sanitizer writes its report before it ends the process (captured at fd level, the report would
+        # die with the process, unseen: exit 1 and no report).
+        command = ([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--capture=sys"]
+                   + (args.test or ["tests/test_simt.py"]))
         print(f"==> {args.variant}: {' '.join(command[1:])}", flush=True)
         sys.exit(subprocess.run(command, cwd=ROOT, env=test_env(lib, args.variant)).returncode)
 

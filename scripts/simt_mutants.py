@@ -45,17 +45,19 @@ MUTANTS = {
     "missing bounds check in a grid-stride loop": (
         "csrc/ops/cuda/shift_log_kernel.cu",
         "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {\n"
-        "    out[i] = static_cast<scalar_t>(math::value",
+        "    out[i] = static_cast<out_t>(math::value",
         "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i - threadIdx.x < n; "
-        "i += stride) {\n    out[i] = static_cast<scalar_t>(math::value",
+        "i += stride) {\n    out[i] = static_cast<out_t>(math::value",
         "shift_log's loop checks the block's first index, not the thread's"),
 }
 
 def run_suite(lib, variant, tests="tests/test_simt.py"):
     """Runs the emulated suite against `lib`; returns (passed, last lines of output)."""
     env = build_simt.test_env(lib, variant)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", tests],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    # --capture=sys: a sanitizer writes its report to file descriptor 2 and ends the process; captured at
+    # fd level the report would die with it (build_simt.py --test does the same)
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--capture=sys", tests]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     verdict = next((line for line in reversed(lines) if "passed" in line or "failed" in line or "error" in line),
                    lines[-1] if lines else "")

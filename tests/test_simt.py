@@ -408,6 +408,7 @@ def test_regression_disparity_empty_batch(ops):
 @pytest.mark.parametrize("case, message", [
     ("divergent_barrier", "divergent __syncthreads"),
     ("partial_warp_full_mask", "names lanes that do not exist"),
+    ("kernel_exception", "exception in kernel: thrown by thread 3"),
     ("grid_y", r"grid.y and grid.z must be in \[1, 65535\]"),
     ("block_too_large", "a block has 1 to 1024 threads"),
     ("shared_without_opt_in", "did not opt in"),

@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "common/cuda_launch.cuh"
@@ -49,6 +50,15 @@ __global__ void block_order_kernel(int64_t* out, int64_t* counter) {
 
 __global__ void empty_kernel() {}
 
+// Thread 3 throws (host C++ in emulated device code, say a failing check in a helper) while the others
+// go on to a barrier: the launch reports it, and abandons the threads at the barrier.
+__global__ void throwing_kernel(float* out) {
+  out[threadIdx.x] = 1.0f;
+  if (threadIdx.x == 3) throw std::runtime_error("thrown by thread 3");
+  __syncthreads();
+  out[threadIdx.x] = 2.0f;
+}
+
 at::Tensor selftest(const std::string& name) {
   const auto opts = at::TensorOptions().dtype(at::kFloat);
   if (name == "divergent_barrier") {
@@ -74,6 +84,11 @@ at::Tensor selftest(const std::string& name) {
   if (name == "block_order") {
     at::Tensor out = at::zeros({64}, at::kLong), counter = at::zeros({1}, at::kLong);
     cuda::launch(block_order_kernel, {64, 32}, out.mutable_data_ptr<int64_t>(), counter.mutable_data_ptr<int64_t>());
+    return out;
+  }
+  if (name == "kernel_exception") {
+    at::Tensor out = at::zeros({64}, opts);
+    cuda::launch(throwing_kernel, {1, 64}, out.mutable_data_ptr<float>());
     return out;
   }
   if (name == "grid_y") {

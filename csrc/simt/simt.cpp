@@ -144,6 +144,9 @@ void yield_to_scheduler(bool exiting = false) {
 [[noreturn]] void fail(const std::string& message) {
   Emulator& e = emu();
   if (e.error.empty()) e.error = message;
+  // The fiber ends here: what it did, its report included (written through libstdc++, whose memcpy
+  // and operator new TSan intercepts), happens before the host reads the report.
+  HAL_TSAN_RELEASE(&e.block_end_sync);
   yield_to_scheduler(true);
   std::abort();  // unreachable: an aborted launch never resumes its fibers
 }
@@ -185,11 +188,18 @@ void fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &e.scheduler_stack, &e.scheduler_stack_size);
 #endif
   HAL_TSAN_ACQUIRE(&e.block_start_sync);
+  // A kernel's C++ exception is reported after its catch block has ended: fail() abandons this fiber, and
+  // abandoned inside the handler it would leave the exception on the OS thread's list of caught
+  // exceptions (shared by every fiber and the scheduler), never released.
+  bool threw = false;
+  std::string what;
   try {
     (*e.body)();
   } catch (const std::exception& ex) {
-    fail(std::string("exception in kernel: ") + ex.what());
+    threw = true;
+    what = ex.what();
   }
+  if (threw) fail("exception in kernel: " + what);
   const int t = e.current;
   const int warp = t / 32, lane = t % 32;
   HAL_TSAN_RELEASE(&e.block_end_sync);
@@ -283,6 +293,20 @@ void run_block(dim3 block) {
 #endif
   }
   e.current = -1;
+#if defined(HAL_SIMT_TSAN)
+  // A failed block's threads that have not exited are abandoned, never to run again, so what they did
+  // happens before the host goes on (and frees, say, the tensors they wrote). TSan learns it from a
+  // release made on each one's behalf: its TSan state is switched in for the release, without running
+  // it (no stack switch; the scheduler's code here is uninstrumented, so nothing else is attributed).
+  if (!e.error.empty()) {
+    for (int t = 0; t < e.threads; ++t) {
+      if (e.fibers[t].state == State::Exited) continue;
+      __tsan_switch_to_fiber(e.fibers[t].tsan, 1);
+      __tsan_release(&e.block_end_sync);
+      __tsan_switch_to_fiber(e.scheduler_tsan, 1);
+    }
+  }
+#endif
   HAL_TSAN_ACQUIRE(&e.block_end_sync);
 }
 

@@ -35,8 +35,10 @@
 // - Sanitizers: under TSan, fibers are TSan fibers switched without synchronisation, and the
 //   barriers, warp rendezvous, block start and block end are expressed as __tsan_release/acquire,
 //   so TSan sees exactly the happens-before edges CUDA guarantees (the emulator's own bookkeeping is
-//   compiled without TSan instrumentation). Under ASan, stack switches are announced with
-//   __sanitizer_start/finish_switch_fiber.
+//   compiled without TSan instrumentation); the threads of a failed launch, never resumed, are
+//   released at its end. Under ASan, stack switches are announced with
+//   __sanitizer_start/finish_switch_fiber. Either runtime must be preloaded together with libstdc++
+//   (scripts/build_simt.py --test).
 // What this cannot show: GPU memory ordering (x86 is stronger; a missing __threadfence passes),
 // nvcc/ptxas code generation (FMA contraction, intrinsics' rounding), register/occupancy limits,
 // timing. scripts/gpu_check.sh (compute-sanitizer) remains the check on real hardware.
