@@ -150,6 +150,9 @@ def test_op_internals():
         torch.ops.hal_ext._mcd_entropy_backward(torch.ones(()), torch.ones(4, dtype=torch.float64), 3)
     with pytest.raises(ValueError, match="grad"):
         torch.ops.hal_ext._mcd_entropy_backward(torch.ones(2), torch.ones(4), 3)
+    # an empty batch: a defined (zero) column gradient, never uninitialised memory
+    assert torch.equal(torch.ops.hal_ext._mcd_entropy_backward(torch.ones(()), torch.full((4,), 0.5), 0),
+                       torch.zeros(4))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -93,6 +93,8 @@ def test_entropy(ops, dtype, shape):
     with simt.launches(1, "backward"):
         row = ops._mcd_entropy_backward(g, means, shape[0])
     assert_close(row.expand(shape), e, dtype, "grad")
+    # an empty batch: a defined (zero) column gradient
+    assert torch.equal(ops._mcd_entropy_backward(g, torch.full_like(means, 0.5), 0), torch.zeros(shape[1], dtype=dtype))
 
 
 @pytest.mark.parametrize("grid_y", [65535, 2])

@@ -9,7 +9,8 @@
 //       lse = M + log sum_p exp(z_p - M)  (M = max_p z_p),  q_p = z_p - lse  (log_softmax),
 //       row(b, k) = w * sum_p [xlogy(t_p, t_p) - t_p q_p]
 //                 = w * (sum_p [xlogy(t_p, t_p) - t_p z_p] + T * lse)   (torch's kl_div terms)
-//       d/dz_p    = s * (T exp(z_p - lse) - t_p),  s = g_row * w  ('none') or g * w / (B*K) ('mean')
+//       d/dz_p    = s * (T exp(z_p - lse) - t_p),  s = g_row * w  ('none') or g * w / (B*K) ('mean'),
+//                   evaluated as s T exp(z_p - lse) - (s / S) x'_p
 //       The target receives no gradient from the fused op (the Python front end routes a target or
 //       weight that requires grad to the reference composition). A row with n = 0 has loss 0.
 #include "common/fast_math.h"
@@ -42,9 +43,11 @@ HAL_HOST_DEVICE acc_t kl_term(acc_t t, acc_t z) {
   return xlogx(t) - t * z;
 }
 
+// s (T exp(z - lse) - x' / S) with x' = x + eps, given scale_over_S = s / S once per row (no division per
+// pixel).
 template <typename acc_t>
-HAL_HOST_DEVICE acc_t kl_grad(acc_t z, acc_t t, acc_t lse, acc_t T, acc_t scale) {
-  return scale * (T * hal_exp_nonpositive(z - lse) - t);  // z <= lse
+HAL_HOST_DEVICE acc_t kl_grad(acc_t z, acc_t x_eps, acc_t lse, acc_t T, acc_t scale, acc_t scale_over_S) {
+  return scale * T * hal_exp_nonpositive(z - lse) - scale_over_S * x_eps;  // z <= lse
 }
 
 // Row statistics the KL backward needs, saved by the forward (stats[r] = {lse, S}).

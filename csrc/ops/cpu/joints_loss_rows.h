@@ -109,11 +109,11 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, i
 template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE void kl_row_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, acc_t lse, acc_t S, acc_t scale,
                         in_t* out) {
-  const acc_t T = S / S;
+  const acc_t T = S / S, scale_over_S = scale / S;
   HAL_SIMD
   for (int64_t p = 0; p < n; ++p) {
-    const acc_t t = (static_cast<acc_t>(x[p]) + eps) / S;
-    out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), t, lse, T, scale));
+    const acc_t xp = static_cast<acc_t>(x[p]) + eps;
+    out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), xp, lse, T, scale, scale_over_S));
   }
 }
 

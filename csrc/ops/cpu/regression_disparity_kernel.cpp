@@ -51,82 +51,100 @@ plm::Axis axis_of(const Args& a, int64_t pos, int64_t extent) {
   return a.fast ? plm::fast_axis(pos, a.sigma, extent) : plm::truncated_axis(pos, a.sigma, extent);
 }
 
-// Calls f(pixel_index, gaussian_value) over keypoint window (ax, ay) of a W-wide map, row by row.
-template <bool kFast, typename F>
-void for_each_window_pixel(const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den, const F& f) {
+// Keypoint j's window in one sample: its pixel box on a W-wide map and its Gaussian values (row-major,
+// ax.hi - ax.lo per row), evaluated once per sample (evaluate_window).
+struct Window {
+  plm::Axis ax, ay;
+  const float* g;
+  int64_t W;
+  int64_t size() const { return ax.lo < ax.hi && ay.lo < ay.hi ? (ax.hi - ax.lo) * (ay.hi - ay.lo) : 0; }
+  // f(pixel index, Gaussian value) over the window's pixels, row by row.
+  template <typename F>
+  HAL_ROW_INLINE void for_each(const F& f) const {
+    if (size() == 0) return;
+    const int64_t len = ax.hi - ax.lo;
+    const float* v = g;
+    for (int64_t Y = ay.lo; Y < ay.hi; ++Y, v += len) {
+      const int64_t row = Y * W + ax.lo;
+      for (int64_t i = 0; i < len; ++i) f(row + i, v[i]);
+    }
+  }
+};
+
+template <bool kFast>
+HAL_ROW_INLINE void evaluate_window(const plm::Axis& ax, const plm::Axis& ay, float den, float* out) {
   if (ax.lo >= ax.hi) return;
-  const int32_t len = static_cast<int32_t>(ax.hi - ax.lo), dx0 = plm::offset32(ax.lo, ax.centre);
-  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
+  const int64_t len = ax.hi - ax.lo;
+  const int32_t dx0 = plm::offset32(ax.lo, ax.centre);
+  for (int64_t Y = ay.lo; Y < ay.hi; ++Y, out += len) {
     const int32_t dy = plm::offset32(Y, ay.centre);
-    for (int32_t i = 0; i < len; ++i) f(Y * W + ax.lo + i, plm::gaussian_off<kFast>(dx0 + i, dy, den));
+    HAL_SIMD
+    for (int64_t i = 0; i < len; ++i) out[i] = plm::gaussian_off<kFast>(dx0 + static_cast<int32_t>(i), dy, den);
   }
 }
 
-template <bool kFast>
-void add_window(double* total, const plm::Axis& ax, const plm::Axis& ay, int64_t W, float den) {
-  for_each_window_pixel<kFast>(ax, ay, W, den, [&](int64_t q, float g) { total[q] += static_cast<double>(g); });
-}
-
-// Row (b, k)'s target: base (null: 0) off keypoint k's window (ax, ay); inside it G_k ('min', total
-// null) or clamp_false(total - G_k) ('max').
+// Row (b, k)'s target: base (null: 0) off keypoint k's window; inside it G_k ('min', total null) or
+// clamp_false(total - G_k) ('max').
 struct SparseTarget {
   const float* base;
   const double* total;
-  plm::Axis ax, ay;
+  Window window;
   float base_at(int64_t p) const { return base ? base[p] : 0.0f; }
   float window_at(int64_t q, float g) const {
     return total ? plm::clamp_false(total[q] - static_cast<double>(g)) : g;
   }
 };
 
-// Calls f(p0, p1) for the contiguous pixel ranges of a W-wide map of n pixels outside window (ax, ay)
-// (some may be empty).
+// Calls f(p0, p1) for the contiguous pixel ranges of a map of n pixels outside window w (some empty).
 template <typename F>
-void for_each_range_off_window(const plm::Axis& ax, const plm::Axis& ay, int64_t W, int64_t n, const F& f) {
-  if (ax.lo >= ax.hi || ay.lo >= ay.hi) return f(int64_t(0), n);
+HAL_ROW_INLINE void for_each_range_off_window(const Window& w, int64_t n, const F& f) {
+  if (w.size() == 0) return f(int64_t(0), n);
   int64_t from = 0;
-  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
-    f(from, Y * W + ax.lo);
-    from = Y * W + ax.hi;
+  for (int64_t Y = w.ay.lo; Y < w.ay.hi; ++Y) {
+    f(from, Y * w.W + w.ax.lo);
+    from = Y * w.W + w.ax.hi;
   }
   f(from, n);
 }
 
-// sum over the pixels outside t's window of term(p), blocked (joints_loss_rows.h).
+// sum over the pixels outside window w of term(p), blocked (joints_loss_rows.h).
 template <typename acc_t, typename F>
-double off_window_sum(const plm::Axis& ax, const plm::Axis& ay, int64_t W, int64_t n, const F& term) {
+HAL_ROW_INLINE double off_window_sum(const Window& w, int64_t n, const F& term) {
   double total = 0;
-  for_each_range_off_window(ax, ay, W, n, [&](int64_t p0, int64_t p1) { total += range_sum<acc_t>(p0, p1, term); });
+  for_each_range_off_window(w, n, [&](int64_t p0, int64_t p1) { total += range_sum<acc_t>(p0, p1, term); });
   return total;
 }
 
 // The KL target sums of a sample's base, x'_p = base_p + eps (acc_t, as the dense form): sum_p x'_p and
-// sum_p x'_p log x'_p, each term's value summed in double (a row then removes its window's terms
-// exactly: with epsilon 0 and no target left, S is exactly 0 and the loss NaN, as torch's).
+// sum_p x'_p log x'_p, each term's value summed in double, and each pixel's x'_p log x'_p (xlx, mode
+// 'max'), so that a row exchanges its window's terms exactly: with epsilon 0 and no target left, S is
+// exactly 0 and the loss NaN, as torch's.
 struct BaseSums {
   double S, P;
+  const double* xlx;  // null in mode 'min' (base 0: every term is xlogx(eps))
 };
 
 template <typename acc_t>
-BaseSums base_sums(const float* base, int64_t n, acc_t eps) {
+HAL_ROW_INLINE BaseSums base_sums(const float* base, int64_t n, acc_t eps, double* xlx) {
   if (!base) {
-    return {static_cast<double>(n) * static_cast<double>(eps), static_cast<double>(n) * math::xlogx<acc_t>(eps)};
+    return {static_cast<double>(n) * static_cast<double>(eps), static_cast<double>(n) * math::xlogx<acc_t>(eps),
+            nullptr};
   }
+  HAL_SIMD
+  for (int64_t p = 0; p < n; ++p) xlx[p] = static_cast<double>(math::xlogx<acc_t>(static_cast<acc_t>(base[p]) + eps));
   double S = 0, P = 0;
   HAL_PRAGMA(omp simd reduction(+ : S, P))
   for (int64_t p = 0; p < n; ++p) {
-    const acc_t x = static_cast<acc_t>(base[p]) + eps;
-    S += static_cast<double>(x);
-    P += static_cast<double>(math::xlogx<acc_t>(x));
+    S += static_cast<double>(static_cast<acc_t>(base[p]) + eps);
+    P += xlx[p];
   }
-  return {S, P};
+  return {S, P, xlx};
 }
 
 // The dense target row (the fallback of rows with non-finite logits).
-template <bool kFast>
-void build_target(float* out, const SparseTarget& t, int64_t n, int64_t W, float den) {
+void build_target(float* out, const SparseTarget& t, int64_t n) {
   for (int64_t p = 0; p < n; ++p) out[p] = t.base_at(p);
-  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) { out[q] = t.window_at(q, g); });
+  t.window.for_each([&](int64_t q, float g) { out[q] = t.window_at(q, g); });
 }
 
 // Whether a row's logits are all finite (else the dense form keeps torch's inf/NaN propagation).
@@ -144,39 +162,62 @@ bool all_finite(const in_t* z, int64_t n) {
 
 // The unweighted MSE row sum (not yet divided by n) of a finite row: off the window against the base,
 // then the window's pixels.
-template <bool kFast, typename acc_t, typename in_t>
-double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den) {
-  double s = t.base ? off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarget& t) {
+  double s = t.base ? off_window_sum<acc_t>(t.window, n, [&](int64_t p) {
     return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), static_cast<acc_t>(t.base[p]));
-  }) : off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
+  }) : off_window_sum<acc_t>(t.window, n, [&](int64_t p) {
     return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), acc_t(0));
   });
-  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+  t.window.for_each([&](int64_t q, float g) {
     s += static_cast<double>(math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g))));
   });
   return s;
 }
 
-// The KL row statistics of a finite row (see the top of the file): m and Z over the row, sum x'_p z_p
-// off the window and on it, S and P from the sample's base sums with the window's terms exchanged.
-template <bool kFast, typename acc_t, typename in_t>
-KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t, const BaseSums& sums,
-                                    int64_t W, float den, acc_t eps) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  HAL_PRAGMA(omp simd reduction(max : m))
-  for (int64_t p = 0; p < n; ++p) m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
-  const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
-  double xz = t.base ? off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
-    return (static_cast<acc_t>(t.base[p]) + eps) * static_cast<acc_t>(z[p]);
-  }) : static_cast<double>(eps) * off_window_sum<acc_t>(t.ax, t.ay, W, n, [&](int64_t p) {
-    return static_cast<acc_t>(z[p]);
+// sum_p (base_p + eps) z_p over the whole row, with its max m, in one blocked pass.
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE double max_and_xz(const in_t* z, int64_t n, const float* base, acc_t eps, acc_t* m) {
+  double xz = 0;
+  for_each_block(n, [&](int64_t p0, int64_t p1) {
+    acc_t s = 0;
+    if (base) {
+      HAL_PRAGMA(omp simd reduction(max : m[0]) reduction(+ : s))
+      for (int64_t p = p0; p < p1; ++p) {
+        const acc_t v = static_cast<acc_t>(z[p]);
+        m[0] = math::max_nan_ignoring<acc_t>(m[0], v);
+        s += (static_cast<acc_t>(base[p]) + eps) * v;
+      }
+    } else {
+      HAL_PRAGMA(omp simd reduction(max : m[0]) reduction(+ : s))
+      for (int64_t p = p0; p < p1; ++p) {
+        const acc_t v = static_cast<acc_t>(z[p]);
+        m[0] = math::max_nan_ignoring<acc_t>(m[0], v);
+        s += v;
+      }
+    }
+    xz += static_cast<double>(s);
   });
+  return base ? xz : static_cast<double>(eps) * xz;
+}
+
+// The KL row statistics of a finite row (see the top of the file): m and sum x'_p z_p in one pass over
+// the row against the base, Z in a second; then the window's terms exchanged for its own in
+// sum x'_p z_p, and in S and P (the sample's base sums).
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
+                                                   const BaseSums& sums, acc_t eps) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  double xz = max_and_xz<acc_t>(z, n, t.base, eps, &m);
+  const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
   double S = sums.S, P = sums.P;
-  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
+  const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
+  t.window.for_each([&](int64_t q, float g) {
     const acc_t x = static_cast<acc_t>(t.window_at(q, g)) + eps, b = static_cast<acc_t>(t.base_at(q)) + eps;
+    const acc_t zq = static_cast<acc_t>(z[q]);
     S += static_cast<double>(x) - static_cast<double>(b);
-    P += static_cast<double>(math::xlogx<acc_t>(x)) - static_cast<double>(math::xlogx<acc_t>(b));
-    xz += static_cast<double>(x * static_cast<acc_t>(z[q]));
+    P += static_cast<double>(math::xlogx<acc_t>(x)) - (sums.xlx ? sums.xlx[q] : xlx_eps);
+    xz += static_cast<double>(x * zq) - (t.base ? static_cast<double>(b * zq) : static_cast<double>(eps) * zq);
   });
   const double lse = static_cast<double>(m) + std::log(Z), T = S / S;
   const double loss = n == 0 ? 0.0 : (P - xz) / S - T * std::log(S) + T * lse;
@@ -184,63 +225,74 @@ KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget
 }
 
 // The gradient rows: the dense expressions at every pixel with the target evaluated in place.
-template <bool kFast, typename acc_t, typename in_t>
-void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den, acc_t eps, acc_t lse,
-                    acc_t S, acc_t scale, in_t* out) {
-  const acc_t T = S / S;
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, acc_t eps, acc_t lse, acc_t S,
+                                   acc_t scale, in_t* out) {
+  const acc_t T = S / S, scale_over_S = scale / S;
   if (t.base) {
     kl_row_grad<acc_t>(z, t.base, n, eps, lse, S, scale, out);
   } else {
-    const acc_t t0 = (acc_t(0) + eps) / S;
+    const acc_t x0 = acc_t(0) + eps;
     HAL_SIMD
     for (int64_t p = 0; p < n; ++p) {
-      out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), t0, lse, T, scale));
+      out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), x0, lse, T, scale, scale_over_S));
     }
   }
-  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
-    const acc_t tq = (static_cast<acc_t>(t.window_at(q, g)) + eps) / S;
-    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), tq, lse, T, scale));
+  t.window.for_each([&](int64_t q, float g) {
+    const acc_t x = static_cast<acc_t>(t.window_at(q, g)) + eps;
+    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), x, lse, T, scale, scale_over_S));
   });
 }
 
-template <bool kFast, typename acc_t, typename in_t>
-void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, int64_t W, float den, acc_t scale, in_t* out) {
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget& t, acc_t scale, in_t* out) {
   if (t.base) {
     mse_row_grad<acc_t>(z, t.base, n, scale, out);
   } else {
     HAL_SIMD
-    for (int64_t p = 0; p < n; ++p) out[p] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[p]), acc_t(0), scale));
+    for (int64_t p = 0; p < n; ++p) {
+      out[p] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[p]), acc_t(0), scale));
+    }
   }
-  for_each_window_pixel<kFast>(t.ax, t.ay, W, den, [&](int64_t q, float g) {
-    out[q] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g)), scale));
+  t.window.for_each([&](int64_t q, float g) {
+    out[q] = static_cast<in_t>(
+        math::mse_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g)), scale));
   });
 }
 
-// One task per sample: info = on_sample(base) once per sample (mode 'max': after the base is built),
-// then on_row(row, target, info) for its K rows.
+// One task per sample: its K windows evaluated once; in mode 'max' the base built from them; then
+// info = on_sample(base, scratch) (scratch: n doubles in mode 'max', the caller's per sample), and
+// on_row(row, target, info) for its K rows.
 template <bool kFast, typename OnSample, typename OnRow>
 void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sample, const OnRow& on_row) {
   const float den = plm::gaussian_denominator(a.sigma);
   const int64_t n = a.n();
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> total(a.max_mode ? n : 0);
-    std::vector<float> base(a.max_mode ? n : 0);
-    std::vector<plm::Axis> ax(a.K), ay(a.K);
+    std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode ? n : 0);
+    std::vector<float> base(a.max_mode ? n : 0), values;
+    std::vector<Window> windows(a.K);
     for (int64_t b = b0; b < b1; ++b) {
+      int64_t count = 0;
       for (int64_t k = 0; k < a.K; ++k) {
-        ax[k] = axis_of(a, peaks[2 * (b * a.K + k)], a.W);
-        ay[k] = axis_of(a, peaks[2 * (b * a.K + k) + 1], a.H);
+        const int64_t r = b * a.K + k;
+        windows[k] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), nullptr, a.W};
+        count += windows[k].size();
+      }
+      values.resize(count);
+      for (int64_t k = 0, at = 0; k < a.K; at += windows[k].size(), ++k) {
+        windows[k].g = values.data() + at;
+        evaluate_window<kFast>(windows[k].ax, windows[k].ay, den, values.data() + at);
       }
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
-        for (int64_t k = 0; k < a.K; ++k) add_window<kFast>(total.data(), ax[k], ay[k], a.W, den);
+        for (const Window& w : windows) w.for_each([&](int64_t q, float g) { total[q] += static_cast<double>(g); });
         HAL_SIMD
         for (int64_t p = 0; p < n; ++p) base[p] = plm::clamp_false(total[p]);
       }
       const float* base_ptr = a.max_mode ? base.data() : nullptr;
-      const auto info = on_sample(base_ptr);
+      const auto info = on_sample(base_ptr, scratch.data());
       for (int64_t k = 0; k < a.K; ++k) {
-        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, ax[k], ay[k]}, info);
+        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, windows[k]}, info);
       }
     }
   });
@@ -284,25 +336,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(epsilon);
     std::vector<acc_t> row(rows);
-    const float den = plm::gaussian_denominator(a.sigma);
     auto run = [&](auto fast_tag) {
       constexpr bool kFast = decltype(fast_tag)::value;
-      auto sample_sums = [&](const float* base) { return a.kl ? base_sums<acc_t>(base, n, eps) : BaseSums{0, 0}; };
+      auto sample_sums = [&](const float* base, double* scratch) {
+        return a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr};
+      };
       for_each_sample<kFast>(a, pk, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
         const scalar_t* zr = zp + r * n;
         acc_t v;
         if (all_finite(zr, n)) {
           if (a.kl) {
-            const KLRowStats<acc_t> k = kl_sparse_forward<kFast, acc_t>(zr, n, t, sums, a.W, den, eps);
+            const KLRowStats<acc_t> k = kl_sparse_forward<acc_t>(zr, n, t, sums, eps);
             v = k.loss;
             st[2 * r] = k.lse;
             st[2 * r + 1] = k.S;
           } else {
-            v = static_cast<acc_t>(mse_sparse_sum<kFast, acc_t>(zr, n, t, a.W, den));
+            v = static_cast<acc_t>(mse_sparse_sum<acc_t>(zr, n, t));
           }
         } else {
           std::vector<float> dense(n);
-          build_target<kFast>(dense.data(), t, n, a.W, den);
+          build_target(dense.data(), t, n);
           if (a.kl) {
             const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zr, dense.data(), n, eps);
             v = k.loss;
@@ -367,17 +420,16 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     const acc_t eps = static_cast<acc_t>(epsilon);
     const acc_t row_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
     const acc_t divisor = a.mean ? static_cast<acc_t>(rows) * row_div : row_div;
-    const float den = plm::gaussian_denominator(a.sigma);
     auto run = [&](auto fast_tag) {
       constexpr bool kFast = decltype(fast_tag)::value;
-      for_each_sample<kFast>(a, pp, [](const float*) { return 0; }, [&](int64_t r, const SparseTarget& t, int) {
+      for_each_sample<kFast>(a, pp, [](const float*, double*) { return 0; }, [&](int64_t r, const SparseTarget& t, int) {
         acc_t scale = a.mean ? gp[0] : gp[r];
         if (wp) scale *= wp[r];
         scale /= divisor;
         if (a.kl) {
-          kl_sparse_grad<kFast>(zp + r * n, n, t, a.W, den, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
+          kl_sparse_grad<acc_t>(zp + r * n, n, t, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
         } else {
-          mse_sparse_grad<kFast>(zp + r * n, n, t, a.W, den, scale, o + r * n);
+          mse_sparse_grad<acc_t>(zp + r * n, n, t, scale, o + r * n);
         }
       });
     };

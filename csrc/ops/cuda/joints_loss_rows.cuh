@@ -106,10 +106,10 @@ __global__ void row_backward_kernel(const acc_t* grad, bool mean, const scalar_t
     const scalar_t* zr = z + r * n;
     scalar_t* o = out + r * n;
     if constexpr (kKL) {
-      const acc_t lse = stats[2 * r], S = stats[2 * r + 1], T = S / S;
+      const acc_t lse = stats[2 * r], S = stats[2 * r + 1], T = S / S, scale_over_S = scale / S;
       for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
-        const acc_t t = (static_cast<acc_t>(target(r, p)) + eps) / S;
-        o[p] = static_cast<scalar_t>(math::kl_grad<acc_t>(static_cast<acc_t>(zr[p]), t, lse, T, scale));
+        const acc_t x = static_cast<acc_t>(target(r, p)) + eps;
+        o[p] = static_cast<scalar_t>(math::kl_grad<acc_t>(static_cast<acc_t>(zr[p]), x, lse, T, scale, scale_over_S));
       }
     } else {
       for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {

@@ -118,7 +118,7 @@ at::Tensor mcd_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& c
   const at::Tensor means = column_means.contiguous();
   const int64_t n = batch_size, m = means.numel();
   at::Tensor out = at::empty(means.sizes(), means.options().dtype(dtype));
-  if (n == 0 || m == 0) return out;
+  if (n == 0 || m == 0) return out.zero_();  // no row to differentiate: a defined (zero) column gradient
   const at::Tensor g = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mcd_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
