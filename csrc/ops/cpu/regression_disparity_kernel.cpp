@@ -177,27 +177,29 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
 
 // sum_p (base_p + eps) z_p over the whole row, with its max m, in one blocked pass.
 template <typename acc_t, typename in_t>
-HAL_ROW_INLINE double max_and_xz(const in_t* z, int64_t n, const float* base, acc_t eps, acc_t* m) {
+HAL_ROW_INLINE double max_and_xz(const in_t* z, int64_t n, const float* base, acc_t eps, acc_t* max_out) {
   double xz = 0;
+  acc_t m = *max_out;  // a plain variable: GCC does not vectorise a reduction into m[0]
   for_each_block(n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
     if (base) {
-      HAL_PRAGMA(omp simd reduction(max : m[0]) reduction(+ : s))
+      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
       for (int64_t p = p0; p < p1; ++p) {
         const acc_t v = static_cast<acc_t>(z[p]);
-        m[0] = math::max_nan_ignoring<acc_t>(m[0], v);
+        m = math::max_nan_ignoring<acc_t>(m, v);
         s += (static_cast<acc_t>(base[p]) + eps) * v;
       }
     } else {
-      HAL_PRAGMA(omp simd reduction(max : m[0]) reduction(+ : s))
+      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
       for (int64_t p = p0; p < p1; ++p) {
         const acc_t v = static_cast<acc_t>(z[p]);
-        m[0] = math::max_nan_ignoring<acc_t>(m[0], v);
+        m = math::max_nan_ignoring<acc_t>(m, v);
         s += v;
       }
     }
     xz += static_cast<double>(s);
   });
+  *max_out = m;
   return base ? xz : static_cast<double>(eps) * xz;
 }
 
