@@ -47,8 +47,8 @@ test: build
 
 # The CPU kernels under AddressSanitizer and UBSan (scripts/asan.sh): a copy of the tree built with
 # -fsanitize=address,undefined in build/asan (the in-place build is untouched), then pytest there with
-# the sanitizer runtime preloaded: ASAN_TESTS (pytest arguments), by default the suite but for five
-# numerics-only checks. CI runs it after `make test`.
+# the sanitizer runtime preloaded: ASAN_TESTS (pytest arguments), by default the whole suite. CI runs it
+# after `make test`.
 ASAN_TESTS ?=
 test-asan: setup
 	PY=$(PY) scripts/asan.sh $(ASAN_TESTS)
