@@ -14,7 +14,7 @@
 //   KL:  with x'_p = x_p + eps, S = sum_p x'_p, t_p = x'_p / S, P = sum_p x'_p log x'_p:
 //        sum_p [xlogy(t_p, t_p) - t_p z_p] = (P - sum_p x'_p z_p) / S - log S
 //        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window.
-// Row sums accumulate in double across blocks (row_sums.h). A row with a non-finite logit takes the
+// Row sums accumulate in double across blocks (joints_loss_rows.h). A row with a non-finite logit takes the
 // dense form instead (its inf/NaN as torch's). The backward evaluates every pixel's target from the
 // same base and window (bit for bit the dense gradient) and writes only grad_y_adv.
 // Pass 1, one task per map: the peaks. Pass 2, one task per sample.
@@ -175,32 +175,23 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
   return s;
 }
 
-// sum_p (base_p + eps) z_p over the whole row, with its max m, in one blocked pass.
-template <typename acc_t, typename in_t>
-HAL_ROW_INLINE double max_and_xz(const in_t* z, int64_t n, const float* base, acc_t eps, acc_t* max_out) {
-  double xz = 0;
+// sum_p weight(p) z_p over the whole row, blocked, and the row's max in the same pass.
+template <typename acc_t, typename in_t, typename Weight>
+HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weight& weight, acc_t* max_out) {
+  double total = 0;
   acc_t m = *max_out;  // a plain variable: GCC does not vectorise a reduction into m[0]
   for_each_block(n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
-    if (base) {
-      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
-      for (int64_t p = p0; p < p1; ++p) {
-        const acc_t v = static_cast<acc_t>(z[p]);
-        m = math::max_nan_ignoring<acc_t>(m, v);
-        s += (static_cast<acc_t>(base[p]) + eps) * v;
-      }
-    } else {
-      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
-      for (int64_t p = p0; p < p1; ++p) {
-        const acc_t v = static_cast<acc_t>(z[p]);
-        m = math::max_nan_ignoring<acc_t>(m, v);
-        s += v;
-      }
+    HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t v = static_cast<acc_t>(z[p]);
+      m = math::max_nan_ignoring<acc_t>(m, v);
+      s += weight(p) * v;
     }
-    xz += static_cast<double>(s);
+    total += static_cast<double>(s);
   });
   *max_out = m;
-  return base ? xz : static_cast<double>(eps) * xz;
+  return total;
 }
 
 // The KL row statistics of a finite row (see the top of the file): m and sum x'_p z_p in one pass over
@@ -210,7 +201,11 @@ template <typename acc_t, typename in_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
                                                    const BaseSums& sums, acc_t eps) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  double xz = max_and_xz<acc_t>(z, n, t.base, eps, &m);
+  // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
+  const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
+  const auto unit_weight = [](int64_t) { return acc_t(1); };
+  double xz = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
+                     : static_cast<double>(eps) * max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
   const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
   double S = sums.S, P = sums.P;
   const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
@@ -263,14 +258,14 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
 }
 
 // One task per sample: its K windows evaluated once; in mode 'max' the base built from them; then
-// info = on_sample(base, scratch) (scratch: n doubles in mode 'max', the caller's per sample), and
-// on_row(row, target, info) for its K rows.
+// info = on_sample(base, scratch) (scratch: n doubles for the KL criterion in mode 'max', the caller's
+// per sample), and on_row(row, target, info) for its K rows.
 template <bool kFast, typename OnSample, typename OnRow>
 void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sample, const OnRow& on_row) {
   const float den = plm::gaussian_denominator(a.sigma);
   const int64_t n = a.n();
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode ? n : 0);
+    std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode && a.kl ? n : 0);
     std::vector<float> base(a.max_mode ? n : 0), values;
     std::vector<Window> windows(a.K);
     for (int64_t b = b0; b < b1; ++b) {
@@ -424,7 +419,8 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     const acc_t divisor = a.mean ? static_cast<acc_t>(rows) * row_div : row_div;
     auto run = [&](auto fast_tag) {
       constexpr bool kFast = decltype(fast_tag)::value;
-      for_each_sample<kFast>(a, pp, [](const float*, double*) { return 0; }, [&](int64_t r, const SparseTarget& t, int) {
+      const auto no_sample_info = [](const float*, double*) { return 0; };
+      for_each_sample<kFast>(a, pp, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
         acc_t scale = a.mean ? gp[0] : gp[r];
         if (wp) scale *= wp[r];
         scale /= divisor;
