@@ -28,22 +28,22 @@ namespace math = joints_loss_math;
 // depends on how many lanes the compiler gives the loop (AVX2, AVX-512, or one at -O1).
 constexpr int64_t kSumBlock = 256;
 
+// f(b0, b1) for the blocks [b0, b1) of the pixel range [begin, end).
 template <typename F>
-HAL_ROW_INLINE void for_each_block(int64_t n, const F& f) {
-  for (int64_t p0 = 0; p0 < n; p0 += kSumBlock) f(p0, std::min(n, p0 + kSumBlock));
+HAL_ROW_INLINE void for_each_block(int64_t begin, int64_t end, const F& f) {
+  for (int64_t b0 = begin; b0 < end; b0 += kSumBlock) f(b0, std::min(end, b0 + kSumBlock));
 }
 
 // sum_{p0 <= p < p1} term(p), blocked.
 template <typename acc_t, typename F>
 HAL_ROW_INLINE double range_sum(int64_t p0, int64_t p1, const F& term) {
   double total = 0;
-  for (int64_t b0 = p0; b0 < p1; b0 += kSumBlock) {
-    const int64_t b1 = std::min(p1, b0 + kSumBlock);
+  for_each_block(p0, p1, [&](int64_t b0, int64_t b1) {
     acc_t s = 0;
     HAL_SIMD_SUM(s)
     for (int64_t p = b0; p < b1; ++p) s += term(p);
     total += static_cast<double>(s);
-  }
+  });
   return total;
 }
 
@@ -80,7 +80,7 @@ template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   double S_sum = 0;
-  for_each_block(n, [&](int64_t p0, int64_t p1) {
+  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
     HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
     for (int64_t p = p0; p < p1; ++p) {
@@ -91,7 +91,7 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, i
   });
   const acc_t S = static_cast<acc_t>(S_sum);
   double Z = 0, A = 0;
-  for_each_block(n, [&](int64_t p0, int64_t p1) {
+  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     acc_t zs = 0, as = 0;
     HAL_PRAGMA(omp simd reduction(+ : zs, as))
     for (int64_t p = p0; p < p1; ++p) {

@@ -180,7 +180,7 @@ template <typename acc_t, typename in_t, typename Weight>
 HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weight& weight, acc_t* max_out) {
   double total = 0;
   acc_t m = *max_out;  // a plain variable: GCC does not vectorise a reduction into m[0]
-  for_each_block(n, [&](int64_t p0, int64_t p1) {
+  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
     HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
     for (int64_t p = p0; p < p1; ++p) {
