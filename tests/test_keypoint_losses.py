@@ -254,6 +254,57 @@ def test_opcheck(device):
             torch.library.opcheck(ops._joints_kl_loss_forward.default, (o, t, w, code, 1e-3))
             _, stats = ops._joints_kl_loss_forward(o, t, w, code, 1e-3)
             torch.library.opcheck(ops._joints_kl_loss_backward.default, (grad, o, t, w, stats, code, 1e-3))
+            torch.library.opcheck(ops._joints_kl_loss_with_grad.default, (o, t, w, code, 1e-3))
+
+
+@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", [0, 1], ids=["none", "mean"])
+def test_kl_with_grad_op_equals_backward_of_ones(device, dtype, reduction):
+    """hal_ext::_joints_kl_loss_with_grad (the CPU autograd path's forward) returns the forward's loss bit for
+    bit and, bit for bit, the backward's gradient for a unit incoming gradient: fused for float/double on
+    the CPU (each row's gradient written right after its loss), composed elsewhere (half types, CUDA)."""
+    ops = torch.ops.hal_ext
+    for name, o, t, w in sample_inputs(device, dtype):
+        loss, grad = ops._joints_kl_loss_with_grad(o, t, w, reduction, 1e-3)
+        want, stats = ops._joints_kl_loss_forward(o, t, w, reduction, 1e-3)
+        assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
+        want_grad = ops._joints_kl_loss_backward(torch.ones_like(want), o, t, w, stats, reduction, 1e-3)
+        assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_kl_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device, reduction):
+    """The CPU path keeps the unit gradient from the forward and scales it in the backward (in place when the
+    graph is freed, not at all for a unit gradient): a retained graph gives the same gradient on every
+    backward, scaled by any incoming gradient; a fresh forward does not see a previous backward's scaling;
+    .grad accumulates correctly over fresh forwards."""
+    g = torch.Generator().manual_seed(3)
+    o0, t0, w0 = torch.randn(3, 4, 6, 5, generator=g), gaussian_maps(3, 4, 6, 5, 1.5, g), torch.rand(3, 4, generator=g)
+    o = o0.clone().to(device).requires_grad_()
+    t, w = t0.to(device), w0.to(device)
+    loss_fn = JointsKLLoss(reduction=reduction, epsilon=1e-3)
+    ref = o0.double().requires_grad_()
+    want = reference.joints_kl_loss(ref, t0.double(), w0.double(), reduction, 1e-3)
+    incoming = torch.linspace(0.5, 3.0, want.numel(), dtype=torch.float64).view_as(want)
+    (want_scaled,) = torch.autograd.grad(want, ref, incoming, retain_graph=True)
+    (want_unit,) = torch.autograd.grad(want, ref, torch.ones_like(want))
+    out = loss_fn(o, t, w)
+    incoming = incoming.to(device, out.dtype)
+    first = torch.autograd.grad(out, o, incoming, retain_graph=True)[0]
+    second = torch.autograd.grad(out, o, incoming, retain_graph=True)[0]
+    unit_kept = torch.autograd.grad(out, o, torch.ones_like(out), retain_graph=True)[0]
+    unit_freed = torch.autograd.grad(out, o, torch.ones_like(out))[0]
+    assert torch.equal(first, second)
+    assert torch.equal(unit_kept, unit_freed)
+    assert_close(first, want_scaled, torch.float32, "grad for a non-unit incoming gradient")
+    assert_close(unit_freed, want_unit, torch.float32, "grad for a unit incoming gradient")
+    assert torch.equal(torch.autograd.grad(loss_fn(o, t, w), o, incoming)[0], first)
+    for _ in range(2):
+        loss_fn(o, t, w).sum().backward()
+    assert torch.equal(o.grad, unit_freed + unit_freed)
 
 
 @pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")

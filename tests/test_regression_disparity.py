@@ -7,6 +7,7 @@ from hal_ext.alignment.regda import FastPseudoLabelGenerator2d, PseudoLabelGener
 from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
 from hal_ext.reference import keypoint_detection as ref_loss
 from hal_ext.reference import regda as ref_regda
+from hal_ext.ops.regression_disparity import CRITERIA, MODES
 from helpers import DEVICES, FLOAT_DTYPES, NATIVE, assert_close, grad_output_like
 
 pytestmark = pytest.mark.skipif(not NATIVE, reason="the fused disparity needs the native library")
@@ -185,6 +186,60 @@ def test_opcheck(device):
         grad = torch.ones((2, 3) if reduction == 0 else (), device=device)
         torch.library.opcheck(ops._regression_disparity_backward.default,
                               (grad, y_adv, weight, peaks, stats, mode, 2.0, generator, criterion, reduction, 1e-3))
+        torch.library.opcheck(ops._regression_disparity_with_grad.default, (y, y_adv) + args[2:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("crit_kind", ["kl", "mse"])
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_with_grad_op_equals_backward_of_ones(device, dtype, crit_kind, mode):
+    """hal_ext::_regression_disparity_with_grad (the CPU autograd path's forward) returns the forward's loss
+    bit for bit and, bit for bit, the backward's gradient for a unit incoming gradient: fused for
+    float/double on the CPU (each row's gradient written right after its loss), composed elsewhere."""
+    ops = torch.ops.hal_ext
+    g = torch.Generator().manual_seed(5)
+    for name, y, y_adv, sigma in cases(device, dtype):
+        weight = torch.rand(y.shape[:2], generator=g).to(device, dtype)
+        for generator, reduction, w in [(0, 1, None), (1, 0, weight)]:
+            args = (w, MODES[mode], float(sigma), generator, CRITERIA[crit_kind], reduction, 1e-3)
+            loss, grad = ops._regression_disparity_with_grad(y, y_adv, *args)
+            want, peaks, stats = ops._regression_disparity_forward(y, y_adv, *args)
+            assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
+            want_grad = ops._regression_disparity_backward(torch.ones_like(want), y_adv, w, peaks, stats, *args[1:])
+            assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("crit_kind", ["kl", "mse"])
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device, crit_kind, mode):
+    """The CPU path keeps grad_y_adv for a unit incoming gradient from the forward and scales it in the
+    backward (in place when the graph is freed, not at all for a unit gradient): a retained graph gives the
+    same gradient on every backward, scaled by any incoming gradient; a fresh forward does not see a
+    previous backward's scaling; .grad accumulates correctly over fresh forwards."""
+    g = torch.Generator().manual_seed(4)
+    y0, y_adv0, w0 = torch.randn(3, 4, 10, 9, generator=g), torch.randn(3, 4, 10, 9, generator=g), torch.rand(3, 4, generator=g)
+    y, w = y0.to(device), w0.to(device)
+    y_adv = y_adv0.clone().to(device).requires_grad_()
+    fused = RegressionDisparity(make_generator("truncated", 4, 10, 9, 2.0), make_criterion(crit_kind, "mean", 1e-3))
+    ref = y_adv0.double().requires_grad_()
+    want = composition(y0.double(), ref, w0.double(), mode, "truncated", 2.0, crit_kind, "mean", 1e-3)
+    (want_unit,) = torch.autograd.grad(want, ref)
+    out = fused(y, y_adv, w, mode=mode)
+    incoming = torch.tensor(2.5, device=device)
+    first = torch.autograd.grad(out, y_adv, incoming, retain_graph=True)[0]
+    second = torch.autograd.grad(out, y_adv, incoming, retain_graph=True)[0]
+    unit_kept = torch.autograd.grad(out, y_adv, retain_graph=True)[0]
+    unit_freed = torch.autograd.grad(out, y_adv)[0]
+    assert torch.equal(first, second)
+    assert torch.equal(unit_kept, unit_freed)
+    assert_close(first, 2.5 * want_unit, torch.float32, "grad for an incoming gradient of 2.5")
+    assert_close(unit_freed, want_unit, torch.float32, "grad for a unit incoming gradient")
+    assert torch.equal(torch.autograd.grad(fused(y, y_adv, w, mode=mode), y_adv, incoming)[0], first)
+    for _ in range(2):
+        fused(y, y_adv, w, mode=mode).backward()
+    assert torch.equal(y_adv.grad, unit_freed + unit_freed)
 
 
 BAD = [

@@ -3,6 +3,7 @@
 #include "joints_loss.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/ones_like.h>
 #include <torch/library.h>
 
 namespace hal_ext {
@@ -49,6 +50,34 @@ at::Tensor _joints_kl_loss_backward(const at::Tensor& grad, const at::Tensor& ou
   return op.call(grad, output, target, target_weight, stats, reduction, epsilon);
 }
 
+std::tuple<at::Tensor, at::Tensor> _joints_kl_loss_with_grad(const at::Tensor& output, const at::Tensor& target,
+                                                             const std::optional<at::Tensor>& target_weight,
+                                                             int64_t reduction, double epsilon,
+                                                             std::optional<at::ScalarType> out_dtype) {
+  static auto op = find_op<decltype(_joints_kl_loss_with_grad)>("hal_ext::_joints_kl_loss_with_grad");
+  return op.call(output, target, target_weight, reduction, epsilon, out_dtype);
+}
+
+namespace joints_loss {
+
+bool fused_grad_supported(const at::Tensor& output) {
+  const auto dtype = output.scalar_type();
+  return dtype == at::kFloat || dtype == at::kDouble;
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_kl_loss_with_grad_composite(const at::Tensor& output,
+                                                                      const at::Tensor& target,
+                                                                      const std::optional<at::Tensor>& target_weight,
+                                                                      int64_t reduction, double epsilon,
+                                                                      std::optional<at::ScalarType> out_dtype) {
+  auto [loss, stats] = _joints_kl_loss_forward(output, target, target_weight, reduction, epsilon, out_dtype);
+  at::Tensor grad = _joints_kl_loss_backward(at::ones_like(loss), output, target, target_weight, stats, reduction,
+                                             epsilon);
+  return {loss, grad};
+}
+
+}  // namespace joints_loss
+
 TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("joints_mse_loss(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
         "ScalarType? out_dtype=None) -> Tensor",
@@ -65,6 +94,13 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("_joints_kl_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor? target_weight, Tensor stats, "
         "int reduction, float epsilon) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  m.def("_joints_kl_loss_with_grad(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
+        "float epsilon, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(hal_ext, CompositeExplicitAutograd, m) {
+  m.impl("_joints_kl_loss_with_grad", &joints_loss::joints_kl_loss_with_grad_composite);
 }
 
 }  // namespace hal_ext

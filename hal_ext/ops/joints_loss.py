@@ -38,6 +38,10 @@ if _native.native_available():
     def _(grad, output, target, target_weight, stats, reduction, epsilon):
         return output.new_empty(output.shape)
 
+    @torch.library.register_fake("hal_ext::_joints_kl_loss_with_grad")
+    def _(output, target, target_weight, reduction, epsilon, out_dtype=None):
+        return _loss_like(output, reduction, out_dtype), output.new_empty(output.shape)
+
 
 def keypoint_reduction_code(reduction):
     """'none' | 'mean' -> the operators' integer (tllib's keypoint losses have no 'sum': it returns None)."""

@@ -34,6 +34,10 @@ if _native.native_available():
     def _(grad, y_adv, weight, peaks, stats, mode, sigma, generator, criterion, reduction, epsilon):
         return y_adv.new_empty(y_adv.shape)
 
+    @torch.library.register_fake("hal_ext::_regression_disparity_with_grad")
+    def _(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon):
+        return _loss_like(y_adv, reduction), y_adv.new_empty(y_adv.shape)
+
 
 def regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon=0.0):
     """The fused op (native library required). `y` has been checked by the generator's rules; the loss

@@ -1,6 +1,6 @@
 #pragma once
 // The CPU forwards that write their gradients for a unit incoming gradient (classifier discrepancy,
-// classification MDD): when to, and the backward that scales the saved unit gradients by the
+// classification MDD, the keypoint losses, regression disparity): when to, and the backward that scales the saved unit gradients by the
 // incoming gradient.
 // - The graph is kept (retain_graph): scaled copies; the saved ones stay intact. (Under create_graph
 //   the backward does not read them: it differentiates the reference's math, differentiable_grads.h.)
@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/graph_task.h>
 
 #include <tuple>
+#include <utility>
 
 namespace hal_ext {
 
@@ -24,6 +25,11 @@ namespace hal_ext {
 inline bool unit_grads_in_forward(bool kernel_supports, const at::Tensor& a, const at::Tensor& b) {
   return kernel_supports && a.device().is_cpu() && at::GradMode::is_enabled() &&
          (a.requires_grad() || b.requires_grad());
+}
+
+// The same for an op whose only differentiable input is `a`.
+inline bool unit_grads_in_forward(bool kernel_supports, const at::Tensor& a) {
+  return unit_grads_in_forward(kernel_supports, a, a);
 }
 
 // A 0-d CPU float/double tensor holding exactly 1. Tensors whose value cannot be read here (fake
@@ -39,16 +45,17 @@ inline bool is_one(const at::Tensor& t) {
   return false;
 }
 
-// grad: the incoming gradient; scale: grad shaped to broadcast against the unit gradients.
+// grad: the incoming gradient; scale: grad shaped to broadcast against the unit gradient.
+inline at::Tensor scale_unit_grad(at::Tensor unit, const at::Tensor& grad, const at::Tensor& scale) {
+  if (torch::autograd::get_current_graph_task_keep_graph()) return at::mul(unit, scale);
+  if (is_one(grad)) return unit;
+  return unit.mul_(scale);
+}
+
+// The same for two unit gradients.
 inline std::tuple<at::Tensor, at::Tensor> scale_unit_grads(at::Tensor unit1, at::Tensor unit2, const at::Tensor& grad,
                                                            const at::Tensor& scale) {
-  if (torch::autograd::get_current_graph_task_keep_graph()) {
-    return {at::mul(unit1, scale), at::mul(unit2, scale)};
-  }
-  if (is_one(grad)) return {unit1, unit2};
-  unit1.mul_(scale);
-  unit2.mul_(scale);
-  return {unit1, unit2};
+  return {scale_unit_grad(std::move(unit1), grad, scale), scale_unit_grad(std::move(unit2), grad, scale)};
 }
 
 }  // namespace hal_ext

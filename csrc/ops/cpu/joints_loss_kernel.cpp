@@ -13,6 +13,7 @@
 #include "common/cpu_parallel.h"
 #include "common/loss_dtype.h"
 #include "ops/cpu/joints_loss_rows.h"
+#include "ops/joints_loss.h"
 #include "ops/joints_loss_common.h"
 
 namespace hal_ext {
@@ -99,24 +100,30 @@ at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor
   return result;
 }
 
-std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& output, const at::Tensor& target,
-                                                              const std::optional<at::Tensor>& target_weight,
-                                                              int64_t reduction, double epsilon,
-                                                              std::optional<at::ScalarType> out_dtype) {
+// The KL forward: (loss, stats). With `unit_grad` (a tensor like output, float/double only), each row's
+// gradient for a unit incoming gradient is also written, right after the row's forward while the row is
+// in cache: bit for bit what the backward writes for grad = 1 (1 * w is w).
+std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at::Tensor& target,
+                                              const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                                              double epsilon, std::optional<at::ScalarType> out_dtype,
+                                              at::Tensor* unit_grad) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   const auto acc = acc_dtype(output.scalar_type());
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc);
   at::Tensor out = new_loss(output, s, reduction, out_dtype);
   at::Tensor stats = at::empty({s.B, s.K, 2}, output.options().dtype(acc));
+  if (unit_grad) *unit_grad = at::empty_like(z);
   const int64_t rows = s.rows(), n = s.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_kl_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(epsilon);
+    const acc_t divisor = reduction == 0 ? acc_t(1) : static_cast<acc_t>(rows);
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -124,11 +131,32 @@ std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& 
         row[r] = wp ? k.loss * wp[r] : k.loss;
         st[2 * r] = k.lse;
         st[2 * r + 1] = k.S;
+        if (gp) kl_row_grad<acc_t>(zp + r * n, xp + r * n, n, eps, k.lse, k.S, (wp ? wp[r] : acc_t(1)) / divisor,
+                                   gp + r * n);
       }
     });
     finish_rows<scalar_t, acc_t>(row, reduction, acc_t(1), static_cast<acc_t>(rows), out);
   });
   return {out, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_kl_loss_forward_cpu(const at::Tensor& output, const at::Tensor& target,
+                                                              const std::optional<at::Tensor>& target_weight,
+                                                              int64_t reduction, double epsilon,
+                                                              std::optional<at::ScalarType> out_dtype) {
+  return kl_forward(output, target, target_weight, reduction, epsilon, out_dtype, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_kl_loss_with_grad_cpu(const at::Tensor& output, const at::Tensor& target,
+                                                                const std::optional<at::Tensor>& target_weight,
+                                                                int64_t reduction, double epsilon,
+                                                                std::optional<at::ScalarType> out_dtype) {
+  if (!fused_grad_supported(output)) {  // half types (and anything check_inputs rejects, with its message)
+    return joints_kl_loss_with_grad_composite(output, target, target_weight, reduction, epsilon, out_dtype);
+  }
+  at::Tensor grad;
+  at::Tensor loss = std::get<0>(kl_forward(output, target, target_weight, reduction, epsilon, out_dtype, &grad));
+  return {loss, grad};
 }
 
 at::Tensor joints_kl_loss_cpu(const at::Tensor& output, const at::Tensor& target,
@@ -178,6 +206,7 @@ TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
   m.impl("joints_kl_loss", &joints_kl_loss_cpu);
   m.impl("_joints_kl_loss_forward", &joints_kl_loss_forward_cpu);
   m.impl("_joints_kl_loss_backward", &joints_kl_loss_backward_cpu);
+  m.impl("_joints_kl_loss_with_grad", &joints_kl_loss_with_grad_cpu);
 }
 
 }  // namespace hal_ext

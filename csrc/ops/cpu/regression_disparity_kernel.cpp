@@ -16,7 +16,9 @@
 //        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window.
 // Row sums accumulate in double across blocks (joints_loss_rows.h). A row with a non-finite logit takes the
 // dense form instead (its inf/NaN as torch's). The backward evaluates every pixel's target from the
-// same base and window (bit for bit the dense gradient) and writes only grad_y_adv.
+// same base and window (bit for bit the dense gradient) and writes only grad_y_adv; for float/double on
+// the autograd path the forward writes that gradient for a unit incoming gradient itself, each row's
+// right after its loss while the row is in cache (_regression_disparity_with_grad).
 // Pass 1, one task per map: the peaks. Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -51,6 +53,8 @@ plm::Axis axis_of(const Args& a, int64_t pos, int64_t extent) {
   return a.fast ? plm::fast_axis(pos, a.sigma, extent) : plm::truncated_axis(pos, a.sigma, extent);
 }
 
+constexpr int64_t kWindowLanes = 16;  // float lanes of an AVX-512 vector
+
 // Keypoint j's window in one sample: its pixel box on a W-wide map and its Gaussian values (row-major,
 // ax.hi - ax.lo per row), evaluated once per sample (evaluate_window).
 struct Window {
@@ -58,16 +62,25 @@ struct Window {
   const float* g;
   int64_t W;
   int64_t size() const { return ax.lo < ax.hi && ay.lo < ay.hi ? (ax.hi - ax.lo) * (ay.hi - ay.lo) : 0; }
-  // f(pixel index, Gaussian value) over the window's pixels, row by row.
+  // f(first pixel index, its Gaussian values, count <= kWindowLanes) for chunks of the window's rows of
+  // pixels, which are contiguous in the map and in g. The callers' loops run over all kWindowLanes
+  // lanes with the pixels past `count` masked out (`if (i < count)`): a window row (13 pixels at
+  // sigma 2) is shorter than a vector, and a plain loop would do it in the scalar remainder.
   template <typename F>
-  HAL_ROW_INLINE void for_each(const F& f) const {
+  HAL_ROW_INLINE void for_each_chunk(const F& f) const {
     if (size() == 0) return;
     const int64_t len = ax.hi - ax.lo;
     const float* v = g;
     for (int64_t Y = ay.lo; Y < ay.hi; ++Y, v += len) {
-      const int64_t row = Y * W + ax.lo;
-      for (int64_t i = 0; i < len; ++i) f(row + i, v[i]);
+      for (int64_t c = 0; c < len; c += kWindowLanes) f(Y * W + ax.lo + c, v + c, std::min(kWindowLanes, len - c));
     }
+  }
+  // f(pixel index, Gaussian value) over the window's pixels, row by row.
+  template <typename F>
+  HAL_ROW_INLINE void for_each(const F& f) const {
+    for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      for (int64_t i = 0; i < count; ++i) f(p0 + i, v[i]);
+    });
   }
 };
 
@@ -89,11 +102,26 @@ struct SparseTarget {
   const float* base;
   const double* total;
   Window window;
-  float base_at(int64_t p) const { return base ? base[p] : 0.0f; }
-  float window_at(int64_t q, float g) const {
-    return total ? plm::clamp_false(total[q] - static_cast<double>(g)) : g;
-  }
 };
+
+// A row's target inside its window and its base, for the row's mode known at compile time (with_row_mode;
+// kMax: 'max', base and total set), so that the loops over the window vectorise. The loops pass the
+// pointers as local copies: read through the struct inside a masked loop, they would be masked loads of
+// pointers, which do not vectorise.
+template <bool kMax>
+HAL_ROW_INLINE float window_value(const double* total, int64_t q, float g) {
+  return kMax ? plm::clamp_false(total[q] - static_cast<double>(g)) : g;
+}
+template <bool kMax>
+HAL_ROW_INLINE float base_value(const float* base, int64_t p) {
+  return kMax ? base[p] : 0.0f;
+}
+
+// f(std::true_type) for a row of mode 'max' (t.total set), f(std::false_type) for 'min'.
+template <typename F>
+HAL_ROW_INLINE auto with_row_mode(const SparseTarget& t, const F& f) {
+  return t.total ? f(std::true_type{}) : f(std::false_type{});
+}
 
 // Calls f(p0, p1) for the contiguous pixel ranges of a map of n pixels outside window w (some empty).
 template <typename F>
@@ -143,8 +171,11 @@ HAL_ROW_INLINE BaseSums base_sums(const float* base, int64_t n, acc_t eps, doubl
 
 // The dense target row (the fallback of rows with non-finite logits).
 void build_target(float* out, const SparseTarget& t, int64_t n) {
-  for (int64_t p = 0; p < n; ++p) out[p] = t.base_at(p);
-  t.window.for_each([&](int64_t q, float g) { out[q] = t.window_at(q, g); });
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    for (int64_t p = 0; p < n; ++p) out[p] = base_value<kMax>(t.base, p);
+    t.window.for_each([&](int64_t q, float g) { out[q] = window_value<kMax>(t.total, q, g); });
+  });
 }
 
 // Whether a row's logits are all finite (else the dense form keeps torch's inf/NaN propagation).
@@ -169,8 +200,21 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
   }) : off_window_sum<acc_t>(t.window, n, [&](int64_t p) {
     return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), acc_t(0));
   });
-  t.window.for_each([&](int64_t q, float g) {
-    s += static_cast<double>(math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g))));
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const double* total = t.total;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      double w = 0;
+      HAL_SIMD_SUM(w)
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) {
+          const int64_t q = p0 + i;
+          w += static_cast<double>(
+              math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(window_value<kMax>(total, q, v[i]))));
+        }
+      }
+      s += w;
+    });
   });
   return s;
 }
@@ -209,12 +253,28 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, con
   const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
   double S = sums.S, P = sums.P;
   const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
-  t.window.for_each([&](int64_t q, float g) {
-    const acc_t x = static_cast<acc_t>(t.window_at(q, g)) + eps, b = static_cast<acc_t>(t.base_at(q)) + eps;
-    const acc_t zq = static_cast<acc_t>(z[q]);
-    S += static_cast<double>(x) - static_cast<double>(b);
-    P += static_cast<double>(math::xlogx<acc_t>(x)) - (sums.xlx ? sums.xlx[q] : xlx_eps);
-    xz += static_cast<double>(x * zq) - (t.base ? static_cast<double>(b * zq) : static_cast<double>(eps) * zq);
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const float* base = t.base;
+    const double *total = t.total, *xlx = sums.xlx;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      double dS = 0, dP = 0, dxz = 0;
+      HAL_PRAGMA(omp simd reduction(+ : dS, dP, dxz))
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) {
+          const int64_t q = p0 + i;
+          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
+          const acc_t b = static_cast<acc_t>(base_value<kMax>(base, q)) + eps;
+          const acc_t zq = static_cast<acc_t>(z[q]);
+          dS += static_cast<double>(x) - static_cast<double>(b);
+          dP += static_cast<double>(math::xlogx<acc_t>(x)) - (kMax ? xlx[q] : xlx_eps);
+          dxz += static_cast<double>(x * zq) - (kMax ? static_cast<double>(b * zq) : static_cast<double>(eps) * zq);
+        }
+      }
+      S += dS;
+      P += dP;
+      xz += dxz;
+    });
   });
   const double lse = static_cast<double>(m) + std::log(Z), T = S / S;
   const double loss = n == 0 ? 0.0 : (P - xz) / S - T * std::log(S) + T * lse;
@@ -235,9 +295,19 @@ HAL_ROW_INLINE void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget&
       out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), x0, lse, T, scale, scale_over_S));
     }
   }
-  t.window.for_each([&](int64_t q, float g) {
-    const acc_t x = static_cast<acc_t>(t.window_at(q, g)) + eps;
-    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), x, lse, T, scale, scale_over_S));
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const double* total = t.total;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      HAL_SIMD
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) {
+          const int64_t q = p0 + i;
+          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
+          out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), x, lse, T, scale, scale_over_S));
+        }
+      }
+    });
   });
 }
 
@@ -251,9 +321,19 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
       out[p] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[p]), acc_t(0), scale));
     }
   }
-  t.window.for_each([&](int64_t q, float g) {
-    out[q] = static_cast<in_t>(
-        math::mse_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(t.window_at(q, g)), scale));
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const double* total = t.total;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      HAL_SIMD
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) {
+          const int64_t q = p0 + i;
+          out[q] = static_cast<in_t>(math::mse_grad<acc_t>(
+              static_cast<acc_t>(z[q]), static_cast<acc_t>(window_value<kMax>(total, q, v[i])), scale));
+        }
+      }
+    });
   });
 }
 
@@ -282,7 +362,14 @@ void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sam
       }
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
-        for (const Window& w : windows) w.for_each([&](int64_t q, float g) { total[q] += static_cast<double>(g); });
+        for (const Window& w : windows) {
+          w.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+            HAL_SIMD
+            for (int64_t i = 0; i < kWindowLanes; ++i) {
+              if (i < count) total[p0 + i] += static_cast<double>(v[i]);
+            }
+          });
+        }
         HAL_SIMD
         for (int64_t p = 0; p < n; ++p) base[p] = plm::clamp_false(total[p]);
       }
@@ -295,9 +382,20 @@ void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sam
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
-    const at::Tensor& y, const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
-    int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
+// What the backward divides the incoming gradient by: the MSE's pixel count, and the row count for 'mean'.
+template <typename acc_t>
+acc_t grad_divisor(const Args& a) {
+  const acc_t row_div = a.kl ? acc_t(1) : static_cast<acc_t>(a.n());
+  return a.mean ? static_cast<acc_t>(a.rows()) * row_div : row_div;
+}
+
+// The forward: (loss, peaks, stats). With `unit_grad` (float/double y_adv only), each row's gradient for
+// a unit incoming gradient is also written right after the row's forward, while the row is in cache: bit
+// for bit what the backward writes for grad = 1 (1 * w is w).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, const at::Tensor& y_adv,
+                                                       const std::optional<at::Tensor>& weight, int64_t mode,
+                                                       double sigma, int64_t generator, int64_t criterion,
+                                                       int64_t reduction, double epsilon, at::Tensor* unit_grad) {
   const Args a = check_args(y_adv, weight, mode, sigma, generator, criterion, reduction);
   joints_loss::check_heatmap(y, "y");
   check_same_device(y_adv, "y_adv", y, "y");
@@ -310,6 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
   at::Tensor stats = at::empty({a.B, a.K, 2}, y.options().dtype(acc));
   at::Tensor out = a.mean ? at::empty({}, y_adv.options().dtype(acc)) : at::empty({a.B, a.K}, y_adv.options().dtype(acc));
   int64_t* pk = peaks.mutable_data_ptr<int64_t>();
+  if (unit_grad) *unit_grad = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks", [&] {
     const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
@@ -331,7 +430,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
     acc_t* st = stats.mutable_data_ptr<acc_t>();
-    const acc_t eps = static_cast<acc_t>(epsilon);
+    scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
+    const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     std::vector<acc_t> row(rows);
     auto run = [&](auto fast_tag) {
       constexpr bool kFast = decltype(fast_tag)::value;
@@ -363,6 +463,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
           }
         }
         row[r] = wp ? v * wp[r] : v;
+        if (gp) {
+          const acc_t scale = (wp ? wp[r] : acc_t(1)) / divisor;
+          if (a.kl) {
+            kl_sparse_grad<acc_t>(zr, n, t, eps, st[2 * r], st[2 * r + 1], scale, gp + r * n);
+          } else {
+            mse_sparse_grad<acc_t>(zr, n, t, scale, gp + r * n);
+          }
+        }
       });
     };
     if (n == 0) {
@@ -385,11 +493,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
   return {out, peaks, stats};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> regression_disparity_forward_cpu(
+    const at::Tensor& y, const at::Tensor& y_adv, const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
+    int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
+  return forward(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon, nullptr);
+}
+
 at::Tensor regression_disparity_cpu(const at::Tensor& y, const at::Tensor& y_adv,
                                     const std::optional<at::Tensor>& weight, int64_t mode, double sigma,
                                     int64_t generator, int64_t criterion, int64_t reduction, double epsilon) {
-  return std::get<0>(
-      regression_disparity_forward_cpu(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon));
+  return std::get<0>(forward(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon, nullptr));
+}
+
+std::tuple<at::Tensor, at::Tensor> regression_disparity_with_grad_cpu(const at::Tensor& y, const at::Tensor& y_adv,
+                                                                      const std::optional<at::Tensor>& weight,
+                                                                      int64_t mode, double sigma, int64_t generator,
+                                                                      int64_t criterion, int64_t reduction,
+                                                                      double epsilon) {
+  if (!regression_disparity_detail::fused_grad_supported(y_adv)) {  // half types (or input the checks reject)
+    return regression_disparity_detail::with_grad_composite(y, y_adv, weight, mode, sigma, generator, criterion,
+                                                            reduction, epsilon);
+  }
+  at::Tensor grad;
+  at::Tensor loss = std::get<0>(forward(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon, &grad));
+  return {loss, grad};
 }
 
 at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::Tensor& y_adv,
@@ -404,7 +531,7 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
   const at::Tensor w = joints_loss::weight_rows(weight, acc);
   const at::Tensor g = grad.to(acc).contiguous();
   at::Tensor result = at::empty_like(z);
-  const int64_t rows = a.rows(), n = a.n();
+  const int64_t n = a.n();
   if (result.numel() == 0) return result;
   const int64_t* pp = pk.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_backward_cpu", [&] {
@@ -414,9 +541,7 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     const acc_t* gp = g.const_data_ptr<acc_t>();
     const acc_t* sp = st.const_data_ptr<acc_t>();
     scalar_t* o = result.mutable_data_ptr<scalar_t>();
-    const acc_t eps = static_cast<acc_t>(epsilon);
-    const acc_t row_div = a.kl ? acc_t(1) : static_cast<acc_t>(n);
-    const acc_t divisor = a.mean ? static_cast<acc_t>(rows) * row_div : row_div;
+    const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     auto run = [&](auto fast_tag) {
       constexpr bool kFast = decltype(fast_tag)::value;
       const auto no_sample_info = [](const float*, double*) { return 0; };
@@ -443,6 +568,7 @@ TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
   m.impl("regression_disparity", &regression_disparity_cpu);
   m.impl("_regression_disparity_forward", &regression_disparity_forward_cpu);
   m.impl("_regression_disparity_backward", &regression_disparity_backward_cpu);
+  m.impl("_regression_disparity_with_grad", &regression_disparity_with_grad_cpu);
 }
 
 }  // namespace hal_ext
