@@ -54,6 +54,16 @@ def assert_close(actual, expected, dtype, what, reduced_elements=0):
             f"first: {samples}; actual {describe(a)}, expected {describe(e)}")
 
 
+def assert_within_ulps(actual, expected, what, magnitude, ulps=8):
+    """`actual` equals `expected` (same dtype, NaN where it has NaN) up to rounding: within `ulps` units of
+    `expected`'s dtype relative to each value, or to `magnitude`, a bound on the terms that a value is
+    the difference of (values that cancel to near 0)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    eps = torch.finfo(expected.dtype).eps * ulps
+    torch.testing.assert_close(actual, expected, rtol=eps, atol=eps * magnitude, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
 def as_oracle(t):
     """A float64 leaf copy of `t` for the reference computation."""
     return t.detach().to(torch.float64).requires_grad_(t.requires_grad)

@@ -5,7 +5,7 @@ import torch
 
 from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
 from hal_ext.reference import keypoint_detection as reference
-from helpers import DEVICES, FLOAT_DTYPES, NATIVE, assert_close, compare_with_reference
+from helpers import DEVICES, FLOAT_DTYPES, NATIVE, assert_close, assert_within_ulps, compare_with_reference
 
 REDUCTIONS = ["mean", "none"]
 EPSILONS = [0.0, 1e-3, 0.5]
@@ -263,15 +263,20 @@ def test_opcheck(device):
 @pytest.mark.parametrize("reduction", [0, 1], ids=["none", "mean"])
 def test_kl_with_grad_op_equals_backward_of_ones(device, dtype, reduction):
     """hal_ext::_joints_kl_loss_with_grad (the CPU autograd path's forward) returns the forward's loss bit for
-    bit and, bit for bit, the backward's gradient for a unit incoming gradient: fused for float/double on
-    the CPU (each row's gradient written right after its loss), composed elsewhere (half types, CUDA)."""
+    bit and the backward's gradient for a unit incoming gradient: fused for float/double on the CPU (each
+    row's gradient from the exp its loss pass stored: equal up to rounding), composed elsewhere (half
+    types, CUDA: bit for bit)."""
     ops = torch.ops.hal_ext
     for name, o, t, w in sample_inputs(device, dtype):
         loss, grad = ops._joints_kl_loss_with_grad(o, t, w, reduction, 1e-3)
         want, stats = ops._joints_kl_loss_forward(o, t, w, reduction, 1e-3)
         assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
         want_grad = ops._joints_kl_loss_backward(torch.ones_like(want), o, t, w, stats, reduction, 1e-3)
-        assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
+        if device == "cpu" and dtype in (torch.float32, torch.float64):
+            # the gradient's two terms are at most |scale| = w / (1 or B*K), w <= 1 here
+            assert_within_ulps(grad, want_grad, name, 1.0 if reduction == 0 else 1.0 / max(1, o.shape[0] * o.shape[1]))
+        else:
+            assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,7 +8,7 @@ from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
 from hal_ext.reference import keypoint_detection as ref_loss
 from hal_ext.reference import regda as ref_regda
 from hal_ext.ops.regression_disparity import CRITERIA, MODES
-from helpers import DEVICES, FLOAT_DTYPES, NATIVE, assert_close, grad_output_like
+from helpers import DEVICES, FLOAT_DTYPES, NATIVE, assert_close, assert_within_ulps, grad_output_like
 
 pytestmark = pytest.mark.skipif(not NATIVE, reason="the fused disparity needs the native library")
 
@@ -195,8 +195,9 @@ def test_opcheck(device):
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_with_grad_op_equals_backward_of_ones(device, dtype, crit_kind, mode):
     """hal_ext::_regression_disparity_with_grad (the CPU autograd path's forward) returns the forward's loss
-    bit for bit and, bit for bit, the backward's gradient for a unit incoming gradient: fused for
-    float/double on the CPU (each row's gradient written right after its loss), composed elsewhere."""
+    bit for bit and the backward's gradient for a unit incoming gradient: fused for float/double on the
+    CPU (each row's gradient written while the row is in cache; KL's from the exp its loss pass stored:
+    equal up to rounding), composed elsewhere (bit for bit)."""
     ops = torch.ops.hal_ext
     g = torch.Generator().manual_seed(5)
     for name, y, y_adv, sigma in cases(device, dtype):
@@ -207,7 +208,11 @@ def test_with_grad_op_equals_backward_of_ones(device, dtype, crit_kind, mode):
             want, peaks, stats = ops._regression_disparity_forward(y, y_adv, *args)
             assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
             want_grad = ops._regression_disparity_backward(torch.ones_like(want), y_adv, w, peaks, stats, *args[1:])
-            assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
+            if crit_kind == "kl" and device == "cpu" and dtype in (torch.float32, torch.float64):
+                # the gradient's two terms are at most |scale| = w / (1 or B*K), w <= 1 here
+                assert_within_ulps(grad, want_grad, name, 1.0 if reduction == 0 else 1.0 / (y.shape[0] * y.shape[1]))
+            else:
+                assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,7 +1,7 @@
 #pragma once
 // The CPU forwards that write their gradients for a unit incoming gradient (classifier discrepancy,
-// classification MDD, the keypoint losses, regression disparity): when to, and the backward that scales the saved unit gradients by the
-// incoming gradient.
+// classification MDD, JointsKLLoss, regression disparity): when to, and the backward that scales the
+// saved unit gradients by the incoming gradient.
 // - The graph is kept (retain_graph): scaled copies; the saved ones stay intact. (Under create_graph
 //   the backward does not read them: it differentiates the reference's math, differentiable_grads.h.)
 // - Otherwise they are scaled in place: they are ours alone (never an op output), so no memory

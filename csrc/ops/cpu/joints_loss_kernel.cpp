@@ -101,8 +101,9 @@ at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor
 }
 
 // The KL forward: (loss, stats). With `unit_grad` (a tensor like output, float/double only), each row's
-// gradient for a unit incoming gradient is also written, right after the row's forward while the row is
-// in cache: bit for bit what the backward writes for grad = 1 (1 * w is w).
+// gradient for a unit incoming gradient is also written while the row is in cache, from the exp(z - M)
+// that the loss's pass stores (kl_row_forward_and_grad): the backward's gradient for grad = 1 to a few
+// ulp (bit for bit on rows with inf/NaN logits).
 std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at::Tensor& target,
                                               const std::optional<at::Tensor>& target_weight, int64_t reduction,
                                               double epsilon, std::optional<at::ScalarType> out_dtype,
@@ -127,12 +128,13 @@ std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps);
+        const KLRowStats<acc_t> k =
+            gp ? kl_row_forward_and_grad<acc_t>(zp + r * n, xp + r * n, n, eps, (wp ? wp[r] : acc_t(1)) / divisor,
+                                                gp + r * n)
+               : kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps);
         row[r] = wp ? k.loss * wp[r] : k.loss;
         st[2 * r] = k.lse;
         st[2 * r + 1] = k.S;
-        if (gp) kl_row_grad<acc_t>(zp + r * n, xp + r * n, n, eps, k.lse, k.S, (wp ? wp[r] : acc_t(1)) / divisor,
-                                   gp + r * n);
       }
     });
     finish_rows<scalar_t, acc_t>(row, reduction, acc_t(1), static_cast<acc_t>(rows), out);

@@ -72,12 +72,13 @@ struct KLRowStats {
   acc_t loss;  // unweighted row loss
   acc_t lse;   // logsumexp of the output row
   acc_t S;     // sum of (target + epsilon)
+  double M, Z;  // max_p z_p and sum_p exp(z_p - M): lse = M + log Z
 };
 
 // Two passes: (max z, S), then (sum exp(z - max), sum xlogy(t, t) - t z), blocked; the row's scalars
-// in double.
-template <typename acc_t, typename in_t, typename tgt_t>
-HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps) {
+// in double. kStoreExp: the second pass also stores exp(z_p - max) in e[p] (for kl_row_grad_from_exp).
+template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   double S_sum = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
@@ -96,14 +97,21 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, i
     HAL_PRAGMA(omp simd reduction(+ : zs, as))
     for (int64_t p = p0; p < p1; ++p) {
       const acc_t zp = static_cast<acc_t>(z[p]);
-      zs += hal_exp_nonpositive(zp - m);
+      const acc_t ep = hal_exp_nonpositive(zp - m);
+      if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
+      zs += ep;
       as += math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, zp);
     }
     Z += static_cast<double>(zs);
     A += static_cast<double>(as);
   });
   const double lse = static_cast<double>(m) + std::log(Z), T = static_cast<double>(S / S);
-  return {static_cast<acc_t>(n == 0 ? 0.0 : A + T * lse), static_cast<acc_t>(lse), S};
+  return {static_cast<acc_t>(n == 0 ? 0.0 : A + T * lse), static_cast<acc_t>(lse), S, static_cast<double>(m), Z};
+}
+
+template <typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps) {
+  return kl_row_stats<false, acc_t>(z, x, n, eps, static_cast<in_t*>(nullptr));
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>
@@ -115,6 +123,33 @@ HAL_ROW_INLINE void kl_row_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t 
     const acc_t xp = static_cast<acc_t>(x[p]) + eps;
     out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), xp, lse, T, scale, scale_over_S));
   }
+}
+
+// Whether a row's gradient can be taken from the stored exp(z - M): a finite max and a finite Z (>= 1
+// then: the max's own term is 1). Other rows (inf/NaN logits) take kl_row_grad, torch's propagation.
+template <typename acc_t>
+HAL_ROW_INLINE bool exp_reusable(const KLRowStats<acc_t>& k) {
+  return std::isfinite(k.M) && std::isfinite(k.Z);
+}
+
+// The row's loss statistics and its gradient for scale s in out, with one exp per pixel: out holds
+// exp(z_p - M) after the statistics pass, then s T exp(z_p - lse) - (s / S) x'_p (kl_grad_from_exp).
+template <typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward_and_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t eps,
+                                                         acc_t scale, in_t* out) {
+  const KLRowStats<acc_t> k = kl_row_stats<true, acc_t>(z, x, n, eps, out);
+  if (!exp_reusable(k)) {
+    kl_row_grad<acc_t>(z, x, n, eps, k.lse, k.S, scale, out);
+    return k;
+  }
+  const acc_t T = k.S / k.S, scale_over_S = scale / k.S;
+  const acc_t c = static_cast<acc_t>(static_cast<double>(scale) * static_cast<double>(T) / k.Z);
+  HAL_SIMD
+  for (int64_t p = 0; p < n; ++p) {
+    out[p] = static_cast<in_t>(math::kl_grad_from_exp<acc_t>(static_cast<acc_t>(out[p]), static_cast<acc_t>(x[p]) + eps,
+                                                             c, scale_over_S));
+  }
+  return k;
 }
 
 // Rows per parallel task: about 32K pixels, at least one row.

@@ -16,9 +16,11 @@
 //        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window.
 // Row sums accumulate in double across blocks (joints_loss_rows.h). A row with a non-finite logit takes the
 // dense form instead (its inf/NaN as torch's). The backward evaluates every pixel's target from the
-// same base and window (bit for bit the dense gradient) and writes only grad_y_adv; for float/double on
-// the autograd path the forward writes that gradient for a unit incoming gradient itself, each row's
-// right after its loss while the row is in cache (_regression_disparity_with_grad).
+// same base and window (bit for bit the dense gradient) and writes only grad_y_adv. For float/double on
+// the autograd path the forward writes that gradient for a unit incoming gradient itself
+// (_regression_disparity_with_grad), each row's while the row is in cache: MSE as the backward; KL from
+// the exp(z_p - max) that the loss's pass stored (kl_grad_from_exp: no second exp, a few ulp from the
+// backward's), rows with a non-finite logit as the backward.
 // Pass 1, one task per map: the peaks. Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -178,19 +181,6 @@ void build_target(float* out, const SparseTarget& t, int64_t n) {
   });
 }
 
-// Whether a row's logits are all finite (else the dense form keeps torch's inf/NaN propagation).
-template <typename in_t>
-bool all_finite(const in_t* z, int64_t n) {
-  using acc_t = at::opmath_type<in_t>;
-  int32_t non_finite = 0;
-  HAL_PRAGMA(omp simd reduction(+ : non_finite))
-  for (int64_t p = 0; p < n; ++p) {
-    const acc_t v = static_cast<acc_t>(z[p]);
-    non_finite += !(v - v == acc_t(0));
-  }
-  return non_finite == 0;
-}
-
 // The unweighted MSE row sum (not yet divided by n) of a finite row: off the window against the base,
 // then the window's pixels.
 template <typename acc_t, typename in_t>
@@ -238,19 +228,27 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
   return total;
 }
 
-// The KL row statistics of a finite row (see the top of the file): m and sum x'_p z_p in one pass over
-// the row against the base, Z in a second; then the window's terms exchanged for its own in
-// sum x'_p z_p, and in S and P (the sample's base sums).
-template <typename acc_t, typename in_t>
-HAL_ROW_INLINE KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
-                                                   const BaseSums& sums, acc_t eps) {
+// The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
+// against the base, Z in a second (kStoreExp: storing exp(z_p - m) in e, for kl_sparse_grad_from_exp);
+// then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
+// sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
+// that overflows): such a row takes the dense form.
+template <bool kStoreExp, typename acc_t, typename in_t>
+HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
+                                                                  const BaseSums& sums, acc_t eps, in_t* e) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
   const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
   const auto unit_weight = [](int64_t) { return acc_t(1); };
-  double xz = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
-                     : static_cast<double>(eps) * max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
-  const double Z = row_sum<acc_t>(n, [&](int64_t p) { return hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m); });
+  const double z_sum = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
+                              : max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
+  if (!std::isfinite(z_sum)) return std::nullopt;
+  double xz = t.base ? z_sum : static_cast<double>(eps) * z_sum;
+  const double Z = row_sum<acc_t>(n, [&](int64_t p) {
+    const acc_t ep = hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
+    if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
+    return ep;
+  });
   double S = sums.S, P = sums.P;
   const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
   with_row_mode(t, [&](auto max_tag) {
@@ -278,7 +276,8 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_sparse_forward(const in_t* z, int64_t n, con
   });
   const double lse = static_cast<double>(m) + std::log(Z), T = S / S;
   const double loss = n == 0 ? 0.0 : (P - xz) / S - T * std::log(S) + T * lse;
-  return {static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S)};
+  return KLRowStats<acc_t>{static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S),
+                           static_cast<double>(m), Z};
 }
 
 // The gradient rows: the dense expressions at every pixel with the target evaluated in place.
@@ -306,6 +305,38 @@ HAL_ROW_INLINE void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget&
           const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
           out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), x, lse, T, scale, scale_over_S));
         }
+      }
+    });
+  });
+}
+
+// The gradient row of a finite row from the exp(z_p - M) that kl_sparse_forward<true> left in out
+// (kl_grad_from_exp): the window's pixels first, against the row's own target, then the ranges off the
+// window against the base.
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE void kl_sparse_grad_from_exp(int64_t n, const SparseTarget& t, acc_t eps, const KLRowStats<acc_t>& k,
+                                            acc_t scale, in_t* out) {
+  const acc_t T = k.S / k.S, scale_over_S = scale / k.S;
+  const acc_t c = static_cast<acc_t>(static_cast<double>(scale) * static_cast<double>(T) / k.Z);
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const float* base = t.base;
+    const double* total = t.total;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      HAL_SIMD
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) {
+          const int64_t q = p0 + i;
+          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
+          out[q] = static_cast<in_t>(math::kl_grad_from_exp<acc_t>(static_cast<acc_t>(out[q]), x, c, scale_over_S));
+        }
+      }
+    });
+    for_each_range_off_window(t.window, n, [&](int64_t p0, int64_t p1) {
+      HAL_SIMD
+      for (int64_t p = p0; p < p1; ++p) {
+        const acc_t x = static_cast<acc_t>(base_value<kMax>(base, p)) + eps;
+        out[p] = static_cast<in_t>(math::kl_grad_from_exp<acc_t>(static_cast<acc_t>(out[p]), x, c, scale_over_S));
       }
     });
   });
@@ -440,37 +471,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
       };
       for_each_sample<kFast>(a, pk, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
         const scalar_t* zr = zp + r * n;
-        acc_t v;
-        if (all_finite(zr, n)) {
-          if (a.kl) {
-            const KLRowStats<acc_t> k = kl_sparse_forward<acc_t>(zr, n, t, sums, eps);
-            v = k.loss;
-            st[2 * r] = k.lse;
-            st[2 * r + 1] = k.S;
-          } else {
-            v = static_cast<acc_t>(mse_sparse_sum<acc_t>(zr, n, t));
-          }
-        } else {
-          std::vector<float> dense(n);
+        scalar_t* gr = gp ? gp + r * n : nullptr;  // this row's unit gradient, when asked for
+        const acc_t scale = (wp ? wp[r] : acc_t(1)) / divisor;
+        std::vector<float> dense;  // the dense target, for rows with a non-finite logit
+        const auto dense_target = [&] {
+          dense.resize(n);
           build_target(dense.data(), t, n);
-          if (a.kl) {
-            const KLRowStats<acc_t> k = kl_row_forward<acc_t>(zr, dense.data(), n, eps);
-            v = k.loss;
-            st[2 * r] = k.lse;
-            st[2 * r + 1] = k.S;
+          return dense.data();
+        };
+        acc_t v;
+        if (a.kl) {
+          std::optional<KLRowStats<acc_t>> k = gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, eps, gr)
+                                                  : kl_sparse_forward<false, acc_t>(zr, n, t, sums, eps, gr);
+          if (k) {
+            if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {
-            v = mse_row_sum<acc_t>(zr, dense.data(), n);
+            k = kl_row_forward<acc_t>(zr, dense_target(), n, eps);
+            if (gr) kl_sparse_grad<acc_t>(zr, n, t, eps, k->lse, k->S, scale, gr);
           }
+          v = k->loss;
+          st[2 * r] = k->lse;
+          st[2 * r + 1] = k->S;
+        } else {
+          const double s = mse_sparse_sum<acc_t>(zr, n, t);
+          v = std::isfinite(s) ? static_cast<acc_t>(s) : mse_row_sum<acc_t>(zr, dense_target(), n);
+          if (gr) mse_sparse_grad<acc_t>(zr, n, t, scale, gr);
         }
         row[r] = wp ? v * wp[r] : v;
-        if (gp) {
-          const acc_t scale = (wp ? wp[r] : acc_t(1)) / divisor;
-          if (a.kl) {
-            kl_sparse_grad<acc_t>(zr, n, t, eps, st[2 * r], st[2 * r + 1], scale, gp + r * n);
-          } else {
-            mse_sparse_grad<acc_t>(zr, n, t, scale, gp + r * n);
-          }
-        }
       });
     };
     if (n == 0) {
