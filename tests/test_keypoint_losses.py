@@ -250,6 +250,7 @@ def test_opcheck(device):
             if o.shape[2] * o.shape[3] == 0:
                 continue  # the MSE of empty maps is NaN
             torch.library.opcheck(ops.joints_mse_loss.default, (leaf, t, w, code))
+            torch.library.opcheck(ops._joints_mse_loss_with_grad.default, (o, t, w, code))
             torch.library.opcheck(ops.joints_kl_loss.default, (leaf, t + 0.01, w, code, 0.0))
             torch.library.opcheck(ops._joints_kl_loss_forward.default, (o, t, w, code, 1e-3))
             _, stats = ops._joints_kl_loss_forward(o, t, w, code, 1e-3)
@@ -272,16 +273,34 @@ def test_kl_with_grad_op_equals_backward_of_ones(device, dtype, reduction):
         want, stats = ops._joints_kl_loss_forward(o, t, w, reduction, 1e-3)
         assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
         want_grad = ops._joints_kl_loss_backward(torch.ones_like(want), o, t, w, stats, reduction, 1e-3)
-        if device == "cpu" and dtype in (torch.float32, torch.float64):
+        if device == "cpu" and dtype in (torch.float32, torch.float64) and o.numel() > 0:
             # the gradient's two terms are at most |scale| = w / (1 or B*K), w <= 1 here
             assert_within_ulps(grad, want_grad, name, 1.0 if reduction == 0 else 1.0 / max(1, o.shape[0] * o.shape[1]))
         else:
             assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
 
 
+@pytest.mark.skipif(not NATIVE, reason="operator checks need the native library")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", [0, 1], ids=["none", "mean"])
+def test_mse_with_grad_op_equals_backward_of_ones(device, dtype, reduction):
+    """hal_ext::_joints_mse_loss_with_grad (the CPU autograd path's forward) returns the forward's loss and
+    the backward's gradient for a unit incoming gradient, bit for bit: fused for float/double on the CPU
+    (one pass over each row for both), composed elsewhere (half types, CUDA)."""
+    ops = torch.ops.hal_ext
+    for name, o, t, w in sample_inputs(device, dtype):
+        loss, grad = ops._joints_mse_loss_with_grad(o, t, w, reduction)
+        want = ops.joints_mse_loss(o, t, w, reduction)
+        assert torch.equal(loss.nan_to_num(7.0), want.nan_to_num(7.0)), name
+        want_grad = ops._joints_mse_loss_backward(torch.ones_like(want), o, t, w, reduction)
+        assert torch.equal(grad.nan_to_num(7.0), want_grad.nan_to_num(7.0)), name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_kl_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device, reduction):
+@pytest.mark.parametrize("criterion", ["kl", "mse"])
+def test_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device, reduction, criterion):
     """The CPU path keeps the unit gradient from the forward and scales it in the backward (in place when the
     graph is freed, not at all for a unit gradient): a retained graph gives the same gradient on every
     backward, scaled by any incoming gradient; a fresh forward does not see a previous backward's scaling;
@@ -290,9 +309,13 @@ def test_kl_gradient_scaled_by_incoming_graph_reusable_and_accumulated(device, r
     o0, t0, w0 = torch.randn(3, 4, 6, 5, generator=g), gaussian_maps(3, 4, 6, 5, 1.5, g), torch.rand(3, 4, generator=g)
     o = o0.clone().to(device).requires_grad_()
     t, w = t0.to(device), w0.to(device)
-    loss_fn = JointsKLLoss(reduction=reduction, epsilon=1e-3)
     ref = o0.double().requires_grad_()
-    want = reference.joints_kl_loss(ref, t0.double(), w0.double(), reduction, 1e-3)
+    if criterion == "kl":
+        loss_fn = JointsKLLoss(reduction=reduction, epsilon=1e-3)
+        want = reference.joints_kl_loss(ref, t0.double(), w0.double(), reduction, 1e-3)
+    else:
+        loss_fn = JointsMSELoss(reduction=reduction)
+        want = reference.joints_mse_loss(ref, t0.double(), w0.double(), reduction)
     incoming = torch.linspace(0.5, 3.0, want.numel(), dtype=torch.float64).view_as(want)
     (want_scaled,) = torch.autograd.grad(want, ref, incoming, retain_graph=True)
     (want_unit,) = torch.autograd.grad(want, ref, torch.ones_like(want))

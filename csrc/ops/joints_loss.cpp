@@ -58,11 +58,29 @@ std::tuple<at::Tensor, at::Tensor> _joints_kl_loss_with_grad(const at::Tensor& o
   return op.call(output, target, target_weight, reduction, epsilon, out_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor> _joints_mse_loss_with_grad(const at::Tensor& output, const at::Tensor& target,
+                                                              const std::optional<at::Tensor>& target_weight,
+                                                              int64_t reduction,
+                                                              std::optional<at::ScalarType> out_dtype) {
+  static auto op = find_op<decltype(_joints_mse_loss_with_grad)>("hal_ext::_joints_mse_loss_with_grad");
+  return op.call(output, target, target_weight, reduction, out_dtype);
+}
+
 namespace joints_loss {
 
 bool fused_grad_supported(const at::Tensor& output) {
   const auto dtype = output.scalar_type();
   return dtype == at::kFloat || dtype == at::kDouble;
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_mse_loss_with_grad_composite(const at::Tensor& output,
+                                                                       const at::Tensor& target,
+                                                                       const std::optional<at::Tensor>& target_weight,
+                                                                       int64_t reduction,
+                                                                       std::optional<at::ScalarType> out_dtype) {
+  at::Tensor loss = joints_mse_loss(output, target, target_weight, reduction, out_dtype);
+  at::Tensor grad = _joints_mse_loss_backward(at::ones_like(loss), output, target, target_weight, reduction);
+  return {loss, grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> joints_kl_loss_with_grad_composite(const at::Tensor& output,
@@ -94,12 +112,16 @@ TORCH_LIBRARY_FRAGMENT(hal_ext, m) {
   m.def("_joints_kl_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor? target_weight, Tensor stats, "
         "int reduction, float epsilon) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  m.def("_joints_mse_loss_with_grad(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
+        "ScalarType? out_dtype=None) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
   m.def("_joints_kl_loss_with_grad(Tensor output, Tensor target, Tensor? target_weight, int reduction, "
         "float epsilon, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(hal_ext, CompositeExplicitAutograd, m) {
+  m.impl("_joints_mse_loss_with_grad", &joints_loss::joints_mse_loss_with_grad_composite);
   m.impl("_joints_kl_loss_with_grad", &joints_loss::joints_kl_loss_with_grad_composite);
 }
 

@@ -28,8 +28,13 @@ at::Tensor _joints_kl_loss_backward(const at::Tensor& grad, const at::Tensor& ou
                                     const std::optional<at::Tensor>& target_weight, const at::Tensor& stats,
                                     int64_t reduction, double epsilon);
 
-// (loss, grad): the forward and the gradient for a unit incoming gradient (the CPU autograd path's
-// forward for float/double; elsewhere composed of the forward and the backward).
+// (loss, grad): the forward and the gradient for a unit incoming gradient (the CPU autograd paths'
+// forwards for float/double; elsewhere composed of the forward and the backward).
+std::tuple<at::Tensor, at::Tensor> _joints_mse_loss_with_grad(const at::Tensor& output, const at::Tensor& target,
+                                                              const std::optional<at::Tensor>& target_weight,
+                                                              int64_t reduction,
+                                                              std::optional<at::ScalarType> out_dtype = std::nullopt);
+
 std::tuple<at::Tensor, at::Tensor> _joints_kl_loss_with_grad(const at::Tensor& output, const at::Tensor& target,
                                                              const std::optional<at::Tensor>& target_weight,
                                                              int64_t reduction, double epsilon,
@@ -41,6 +46,11 @@ namespace joints_loss {
 bool fused_grad_supported(const at::Tensor& output);
 
 // The forward, then the backward with a unit incoming gradient (every other dtype and device).
+std::tuple<at::Tensor, at::Tensor> joints_mse_loss_with_grad_composite(const at::Tensor& output,
+                                                                       const at::Tensor& target,
+                                                                       const std::optional<at::Tensor>& target_weight,
+                                                                       int64_t reduction,
+                                                                       std::optional<at::ScalarType> out_dtype);
 std::tuple<at::Tensor, at::Tensor> joints_kl_loss_with_grad_composite(const at::Tensor& output,
                                                                       const at::Tensor& target,
                                                                       const std::optional<at::Tensor>& target_weight,

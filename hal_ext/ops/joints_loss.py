@@ -26,6 +26,10 @@ if _native.native_available():
     def _(grad, output, target, target_weight, reduction):
         return output.new_empty(output.shape)
 
+    @torch.library.register_fake("hal_ext::_joints_mse_loss_with_grad")
+    def _(output, target, target_weight, reduction, out_dtype=None):
+        return _loss_like(output, reduction, out_dtype), output.new_empty(output.shape)
+
     @torch.library.register_fake("hal_ext::joints_kl_loss")
     def _(output, target, target_weight, reduction, epsilon, out_dtype=None):
         return _loss_like(output, reduction, out_dtype)

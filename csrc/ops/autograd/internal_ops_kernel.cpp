@@ -72,9 +72,9 @@ TORCH_LIBRARY_IMPL(hal_ext, Autograd, m) {
   for (const char* name :
        {"_classifier_discrepancy_backward", "_classifier_discrepancy_with_grad", "_mcd_entropy_backward",
         "_shift_log_backward", "_classification_mdd_with_grad", "_classification_mdd_backward",
-        "_regression_mdd_backward", "_joints_mse_loss_backward", "_joints_kl_loss_forward",
-        "_joints_kl_loss_backward", "_joints_kl_loss_with_grad", "_regression_disparity_forward",
-        "_regression_disparity_backward", "_regression_disparity_with_grad"}) {
+        "_regression_mdd_backward", "_joints_mse_loss_backward", "_joints_mse_loss_with_grad",
+        "_joints_kl_loss_forward", "_joints_kl_loss_backward", "_joints_kl_loss_with_grad",
+        "_regression_disparity_forward", "_regression_disparity_backward", "_regression_disparity_with_grad"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&internal_op_autograd>());
   }
 }

@@ -56,8 +56,7 @@ class RegressionDisparityFunction : public torch::autograd::Function<RegressionD
     }
     const auto saved = ctx->get_saved_variables();
     if (d.at("in_forward").toBool()) {
-      grads[1] = scale_unit_grad(saved[0], grad,
-                                 d.at("reduction").toInt() == 0 ? grad.reshape({grad.size(0), grad.size(1), 1, 1}) : grad);
+      grads[1] = scale_unit_grad(saved[0], grad, heatmap_scale(grad, d.at("reduction").toInt()));
       return grads;
     }
     std::optional<at::Tensor> weight = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;

@@ -1,6 +1,6 @@
 #pragma once
 // The CPU forwards that write their gradients for a unit incoming gradient (classifier discrepancy,
-// classification MDD, JointsKLLoss, regression disparity): when to, and the backward that scales the
+// classification MDD, the keypoint losses, regression disparity): when to, and the backward that scales the
 // saved unit gradients by the incoming gradient.
 // - The graph is kept (retain_graph): scaled copies; the saved ones stay intact. (Under create_graph
 //   the backward does not read them: it differentiates the reference's math, differentiable_grads.h.)
@@ -50,6 +50,12 @@ inline at::Tensor scale_unit_grad(at::Tensor unit, const at::Tensor& grad, const
   if (torch::autograd::get_current_graph_task_keep_graph()) return at::mul(unit, scale);
   if (is_one(grad)) return unit;
   return unit.mul_(scale);
+}
+
+// The incoming gradient of a keypoint loss shaped to scale its (B, K, H, W) unit gradient: per heatmap
+// for reduction 'none' ((B, K) -> (B, K, 1, 1)), the scalar as it is for 'mean'.
+inline at::Tensor heatmap_scale(const at::Tensor& grad, int64_t reduction) {
+  return reduction == 0 ? grad.reshape({grad.size(0), grad.size(1), 1, 1}) : grad;
 }
 
 // The same for two unit gradients.

@@ -46,29 +46,55 @@ at::Tensor new_loss(const at::Tensor& output, const Rows& s, int64_t reduction,
   return reduction == 0 ? at::empty({s.B, s.K}, options) : at::empty({}, options);
 }
 
-at::Tensor joints_mse_loss_cpu(const at::Tensor& output, const at::Tensor& target,
-                               const std::optional<at::Tensor>& target_weight, int64_t reduction,
-                               std::optional<at::ScalarType> out_dtype) {
+// The MSE forward. With `unit_grad` (a tensor like output, float/double only), each row's gradient for a
+// unit incoming gradient is also written in the pass that sums the row: bit for bit what the backward
+// writes for grad = 1 (1 * w is w).
+at::Tensor mse_forward(const at::Tensor& output, const at::Tensor& target,
+                       const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                       std::optional<at::ScalarType> out_dtype, at::Tensor* unit_grad) {
   const Rows s = check_inputs(output, target, target_weight, reduction);
   const at::Tensor z = output.contiguous(), x = target.contiguous();
   const at::Tensor w = weight_rows(target_weight, acc_dtype(output.scalar_type()));
   at::Tensor out = new_loss(output, s, reduction, out_dtype);
+  if (unit_grad) *unit_grad = at::empty_like(z);
   const int64_t rows = s.rows(), n = s.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "joints_mse_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+    scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
+    const acc_t divisor = reduction == 0 ? static_cast<acc_t>(n) : static_cast<acc_t>(rows) * n;
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t v = mse_row_sum<acc_t>(zp + r * n, xp + r * n, n);
+        const acc_t v = gp ? mse_row_sum_and_grad<acc_t>(zp + r * n, xp + r * n, n, (wp ? wp[r] : acc_t(1)) / divisor,
+                                                         gp + r * n)
+                           : mse_row_sum<acc_t>(zp + r * n, xp + r * n, n);
         row[r] = wp ? v * wp[r] : v;
       }
     });
     finish_rows<scalar_t, acc_t>(row, reduction, static_cast<acc_t>(n), static_cast<acc_t>(rows) * n, out);
   });
   return out;
+}
+
+at::Tensor joints_mse_loss_cpu(const at::Tensor& output, const at::Tensor& target,
+                               const std::optional<at::Tensor>& target_weight, int64_t reduction,
+                               std::optional<at::ScalarType> out_dtype) {
+  return mse_forward(output, target, target_weight, reduction, out_dtype, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> joints_mse_loss_with_grad_cpu(const at::Tensor& output, const at::Tensor& target,
+                                                                 const std::optional<at::Tensor>& target_weight,
+                                                                 int64_t reduction,
+                                                                 std::optional<at::ScalarType> out_dtype) {
+  if (!fused_grad_supported(output)) {  // half types (and anything check_inputs rejects, with its message)
+    return joints_mse_loss_with_grad_composite(output, target, target_weight, reduction, out_dtype);
+  }
+  at::Tensor grad;
+  at::Tensor loss = mse_forward(output, target, target_weight, reduction, out_dtype, &grad);
+  return {loss, grad};
 }
 
 at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
@@ -205,6 +231,7 @@ at::Tensor joints_kl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor&
 TORCH_LIBRARY_IMPL(hal_ext, CPU, m) {
   m.impl("joints_mse_loss", &joints_mse_loss_cpu);
   m.impl("_joints_mse_loss_backward", &joints_mse_loss_backward_cpu);
+  m.impl("_joints_mse_loss_with_grad", &joints_mse_loss_with_grad_cpu);
   m.impl("joints_kl_loss", &joints_kl_loss_cpu);
   m.impl("_joints_kl_loss_forward", &joints_kl_loss_forward_cpu);
   m.impl("_joints_kl_loss_backward", &joints_kl_loss_backward_cpu);

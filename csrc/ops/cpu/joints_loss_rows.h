@@ -67,6 +67,16 @@ HAL_ROW_INLINE void mse_row_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t
   }
 }
 
+// mse_row_sum, and in the same pass the values mse_row_grad writes for `scale`.
+template <typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE acc_t mse_row_sum_and_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t scale, in_t* out) {
+  return static_cast<acc_t>(row_sum<acc_t>(n, [&](int64_t p) {
+    const acc_t zp = static_cast<acc_t>(z[p]), xp = static_cast<acc_t>(x[p]);
+    out[p] = static_cast<in_t>(math::mse_grad<acc_t>(zp, xp, scale));
+    return math::mse_term<acc_t>(zp, xp);
+  }));
+}
+
 template <typename acc_t>
 struct KLRowStats {
   acc_t loss;  // unweighted row loss
