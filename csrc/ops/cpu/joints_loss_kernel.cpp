@@ -154,10 +154,13 @@ std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
+        const bool last = r + 1 == r1;  // the next row, prefetched during this one's second pass
+        const scalar_t* z_next = last ? nullptr : zp + (r + 1) * n;
+        const scalar_t* x_next = last ? nullptr : xp + (r + 1) * n;
         const KLRowStats<acc_t> k =
             gp ? kl_row_forward_and_grad<acc_t>(zp + r * n, xp + r * n, n, eps, (wp ? wp[r] : acc_t(1)) / divisor,
-                                                gp + r * n)
-               : kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps);
+                                                gp + r * n, z_next, x_next)
+               : kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps, z_next, x_next);
         row[r] = wp ? k.loss * wp[r] : k.loss;
         st[2 * r] = k.lse;
         st[2 * r + 1] = k.S;

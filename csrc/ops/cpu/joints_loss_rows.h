@@ -52,6 +52,18 @@ HAL_ROW_INLINE double row_sum(int64_t n, const F& term) {
   return range_sum<acc_t>(0, n, term);
 }
 
+// Asks for the pixels [p0, p1) of `row` (null: none) to be brought into cache. A KL row's first pass
+// reads the row from memory and does little arithmetic; its second pass does much (exp, log) from
+// cache. Prefetching the next row during the second pass overlaps the two.
+template <typename T>
+HAL_ROW_INLINE void prefetch_pixels(const T* row, int64_t p0, int64_t p1) {
+#if defined(__GNUC__)
+  if (!row) return;
+  constexpr int64_t kLinePixels = 64 / sizeof(T);
+  for (int64_t p = p0; p < p1; p += kLinePixels) __builtin_prefetch(row + p);
+#endif
+}
+
 // sum_p 0.5 (z_p - x_p)^2
 template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE acc_t mse_row_sum(const in_t* z, const tgt_t* x, int64_t n) {
@@ -86,9 +98,11 @@ struct KLRowStats {
 };
 
 // Two passes: (max z, S), then (sum exp(z - max), sum xlogy(t, t) - t z), blocked; the row's scalars
-// in double. kStoreExp: the second pass also stores exp(z_p - max) in e[p] (for kl_row_grad_from_exp).
+// in double. kStoreExp: the second pass also stores exp(z_p - max) in e[p] (kl_row_forward_and_grad).
+// The second pass prefetches the next row (z_next, x_next; null for none).
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
-HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e) {
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
+                                              const in_t* z_next, const tgt_t* x_next) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   double S_sum = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
@@ -103,6 +117,8 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
   const acc_t S = static_cast<acc_t>(S_sum);
   double Z = 0, A = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
+    prefetch_pixels(z_next, p0, p1);
+    prefetch_pixels(x_next, p0, p1);
     acc_t zs = 0, as = 0;
     HAL_PRAGMA(omp simd reduction(+ : zs, as))
     for (int64_t p = p0; p < p1; ++p) {
@@ -120,8 +136,9 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>
-HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps) {
-  return kl_row_stats<false, acc_t>(z, x, n, eps, static_cast<in_t*>(nullptr));
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward(const in_t* z, const tgt_t* x, int64_t n, acc_t eps,
+                                                const in_t* z_next = nullptr, const tgt_t* x_next = nullptr) {
+  return kl_row_stats<false, acc_t>(z, x, n, eps, static_cast<in_t*>(nullptr), z_next, x_next);
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>
@@ -146,8 +163,9 @@ HAL_ROW_INLINE bool exp_reusable(const KLRowStats<acc_t>& k) {
 // exp(z_p - M) after the statistics pass, then s T exp(z_p - lse) - (s / S) x'_p (kl_grad_from_exp).
 template <typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward_and_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t eps,
-                                                         acc_t scale, in_t* out) {
-  const KLRowStats<acc_t> k = kl_row_stats<true, acc_t>(z, x, n, eps, out);
+                                                         acc_t scale, in_t* out, const in_t* z_next = nullptr,
+                                                         const tgt_t* x_next = nullptr) {
+  const KLRowStats<acc_t> k = kl_row_stats<true, acc_t>(z, x, n, eps, out, z_next, x_next);
   if (!exp_reusable(k)) {
     kl_row_grad<acc_t>(z, x, n, eps, k.lse, k.S, scale, out);
     return k;

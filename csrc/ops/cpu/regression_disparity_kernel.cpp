@@ -229,13 +229,15 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
 }
 
 // The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
-// against the base, Z in a second (kStoreExp: storing exp(z_p - m) in e, for kl_sparse_grad_from_exp);
+// against the base, Z in a second (kStoreExp: storing exp(z_p - m) in e, for kl_sparse_grad_from_exp;
+// prefetching the next row, z_next, null for none);
 // then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
 // sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
 // that overflows): such a row takes the dense form.
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
-                                                                  const BaseSums& sums, acc_t eps, in_t* e) {
+                                                                  const BaseSums& sums, acc_t eps, in_t* e,
+                                                                  const in_t* z_next) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
   const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
@@ -244,10 +246,17 @@ HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z,
                               : max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
   if (!std::isfinite(z_sum)) return std::nullopt;
   double xz = t.base ? z_sum : static_cast<double>(eps) * z_sum;
-  const double Z = row_sum<acc_t>(n, [&](int64_t p) {
-    const acc_t ep = hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
-    if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
-    return ep;
+  double Z = 0;  // blocked as row_sum; the next row is prefetched meanwhile (prefetch_pixels)
+  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
+    prefetch_pixels(z_next, p0, p1);
+    acc_t zs = 0;
+    HAL_SIMD_SUM(zs)
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t ep = hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
+      if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
+      zs += ep;
+    }
+    Z += static_cast<double>(zs);
   });
   double S = sums.S, P = sums.P;
   const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
@@ -481,8 +490,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         };
         acc_t v;
         if (a.kl) {
-          std::optional<KLRowStats<acc_t>> k = gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, eps, gr)
-                                                  : kl_sparse_forward<false, acc_t>(zr, n, t, sums, eps, gr);
+          const scalar_t* z_next = r + 1 < rows ? zr + n : nullptr;
+          std::optional<KLRowStats<acc_t>> k = gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, eps, gr, z_next)
+                                                  : kl_sparse_forward<false, acc_t>(zr, n, t, sums, eps, gr, z_next);
           if (k) {
             if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {
