@@ -40,6 +40,17 @@ void finish_rows(const std::vector<acc_t>& row, int64_t reduction, acc_t none_di
   });
 }
 
+// What a row's gradient divides the incoming gradient by: MSE's pixel count ('none') or all the pixels
+// ('mean'); KL's 1 ('none') or the row count ('mean').
+template <typename acc_t>
+acc_t mse_grad_divisor(int64_t reduction, int64_t rows, int64_t n) {
+  return reduction == 0 ? static_cast<acc_t>(n) : static_cast<acc_t>(rows) * n;
+}
+template <typename acc_t>
+acc_t kl_grad_divisor(int64_t reduction, int64_t rows) {
+  return reduction == 0 ? acc_t(1) : static_cast<acc_t>(rows);
+}
+
 at::Tensor new_loss(const at::Tensor& output, const Rows& s, int64_t reduction,
                     std::optional<at::ScalarType> out_dtype) {
   const auto options = output.options().dtype(result_dtype(out_dtype, output.scalar_type()));
@@ -64,12 +75,12 @@ at::Tensor mse_forward(const at::Tensor& output, const at::Tensor& target,
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
     scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
-    const acc_t divisor = reduction == 0 ? static_cast<acc_t>(n) : static_cast<acc_t>(rows) * n;
+    const acc_t divisor = mse_grad_divisor<acc_t>(reduction, rows, n);
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t v = gp ? mse_row_sum_and_grad<acc_t>(zp + r * n, xp + r * n, n, (wp ? wp[r] : acc_t(1)) / divisor,
-                                                         gp + r * n)
+        const acc_t v = gp ? mse_row_sum_and_grad<acc_t>(zp + r * n, xp + r * n, n,
+                                                         row_grad_scale(acc_t(1), wp, r, divisor), gp + r * n)
                            : mse_row_sum<acc_t>(zp + r * n, xp + r * n, n);
         row[r] = wp ? v * wp[r] : v;
       }
@@ -114,12 +125,11 @@ at::Tensor joints_mse_loss_backward_cpu(const at::Tensor& grad, const at::Tensor
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
     const acc_t* gp = g.const_data_ptr<acc_t>();
     scalar_t* o = result.mutable_data_ptr<scalar_t>();
-    const acc_t divisor = reduction == 0 ? static_cast<acc_t>(n) : static_cast<acc_t>(rows) * n;
+    const acc_t divisor = mse_grad_divisor<acc_t>(reduction, rows, n);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        acc_t scale = reduction == 0 ? gp[r] : gp[0];
-        if (wp) scale *= wp[r];
-        mse_row_grad<acc_t>(zp + r * n, xp + r * n, n, scale / divisor, o + r * n);
+        const acc_t scale = row_grad_scale(reduction == 0 ? gp[r] : gp[0], wp, r, divisor);
+        mse_row_grad<acc_t>(zp + r * n, xp + r * n, n, scale, o + r * n);
       }
     });
   });
@@ -150,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at
     scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(epsilon);
-    const acc_t divisor = reduction == 0 ? acc_t(1) : static_cast<acc_t>(rows);
+    const acc_t divisor = kl_grad_divisor<acc_t>(reduction, rows);
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -158,8 +168,8 @@ std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at
         const scalar_t* z_next = last ? nullptr : zp + (r + 1) * n;
         const scalar_t* x_next = last ? nullptr : xp + (r + 1) * n;
         const KLRowStats<acc_t> k =
-            gp ? kl_row_forward_and_grad<acc_t>(zp + r * n, xp + r * n, n, eps, (wp ? wp[r] : acc_t(1)) / divisor,
-                                                gp + r * n, z_next, x_next)
+            gp ? kl_row_forward_and_grad<acc_t>(zp + r * n, xp + r * n, n, eps,
+                                                row_grad_scale(acc_t(1), wp, r, divisor), gp + r * n, z_next, x_next)
                : kl_row_forward<acc_t>(zp + r * n, xp + r * n, n, eps, z_next, x_next);
         row[r] = wp ? k.loss * wp[r] : k.loss;
         st[2 * r] = k.lse;
@@ -217,12 +227,11 @@ at::Tensor joints_kl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor&
     const acc_t* sp = st.const_data_ptr<acc_t>();
     scalar_t* o = result.mutable_data_ptr<scalar_t>();
     const acc_t eps = static_cast<acc_t>(epsilon);
-    const acc_t divisor = reduction == 0 ? acc_t(1) : static_cast<acc_t>(rows);
+    const acc_t divisor = kl_grad_divisor<acc_t>(reduction, rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        acc_t scale = reduction == 0 ? gp[r] : gp[0];
-        if (wp) scale *= wp[r];
-        kl_row_grad<acc_t>(zp + r * n, xp + r * n, n, eps, sp[2 * r], sp[2 * r + 1], scale / divisor, o + r * n);
+        const acc_t scale = row_grad_scale(reduction == 0 ? gp[r] : gp[0], wp, r, divisor);
+        kl_row_grad<acc_t>(zp + r * n, xp + r * n, n, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
       }
     });
   });

@@ -180,6 +180,13 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_forward_and_grad(const in_t* z, const tg
   return k;
 }
 
+// The gradient scale of row r: g w_r / divisor for the row's incoming gradient g (the backward's; 1 for
+// the unit gradient a forward writes, where 1 * w_r is w_r bit for bit) and weight w_r (none: 1).
+template <typename acc_t>
+HAL_ROW_INLINE acc_t row_grad_scale(acc_t g, const acc_t* w, int64_t r, acc_t divisor) {
+  return (w ? g * w[r] : g) / divisor;
+}
+
 // Rows per parallel task: about 32K pixels, at least one row.
 inline int64_t row_grain(int64_t n) { return n >= 32768 ? 1 : 32768 / (n > 0 ? n : 1); }
 

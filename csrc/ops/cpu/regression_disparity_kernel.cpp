@@ -126,6 +126,22 @@ HAL_ROW_INLINE auto with_row_mode(const SparseTarget& t, const F& f) {
   return t.total ? f(std::true_type{}) : f(std::false_type{});
 }
 
+// f(q, x_q) for each pixel q of the row's window with its target x_q, in the masked 16-lane chunks of
+// for_each_chunk: the vectorised loop of the gradient rows' window pixels.
+template <typename F>
+HAL_ROW_INLINE void for_each_window_pixel(const SparseTarget& t, const F& f) {
+  with_row_mode(t, [&](auto max_tag) {
+    constexpr bool kMax = decltype(max_tag)::value;
+    const double* total = t.total;
+    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+      HAL_SIMD
+      for (int64_t i = 0; i < kWindowLanes; ++i) {
+        if (i < count) f(p0 + i, window_value<kMax>(total, p0 + i, v[i]));
+      }
+    });
+  });
+}
+
 // Calls f(p0, p1) for the contiguous pixel ranges of a map of n pixels outside window w (some empty).
 template <typename F>
 HAL_ROW_INLINE void for_each_range_off_window(const Window& w, int64_t n, const F& f) {
@@ -303,19 +319,9 @@ HAL_ROW_INLINE void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget&
       out[p] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[p]), x0, lse, T, scale, scale_over_S));
     }
   }
-  with_row_mode(t, [&](auto max_tag) {
-    constexpr bool kMax = decltype(max_tag)::value;
-    const double* total = t.total;
-    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
-      HAL_SIMD
-      for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) {
-          const int64_t q = p0 + i;
-          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
-          out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), x, lse, T, scale, scale_over_S));
-        }
-      }
-    });
+  for_each_window_pixel(t, [&](int64_t q, float x) {
+    out[q] = static_cast<in_t>(math::kl_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(x) + eps, lse, T,
+                                                    scale, scale_over_S));
   });
 }
 
@@ -327,20 +333,13 @@ HAL_ROW_INLINE void kl_sparse_grad_from_exp(int64_t n, const SparseTarget& t, ac
                                             acc_t scale, in_t* out) {
   const acc_t T = k.S / k.S, scale_over_S = scale / k.S;
   const acc_t c = static_cast<acc_t>(static_cast<double>(scale) * static_cast<double>(T) / k.Z);
+  for_each_window_pixel(t, [&](int64_t q, float x) {
+    out[q] = static_cast<in_t>(
+        math::kl_grad_from_exp<acc_t>(static_cast<acc_t>(out[q]), static_cast<acc_t>(x) + eps, c, scale_over_S));
+  });
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
     const float* base = t.base;
-    const double* total = t.total;
-    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
-      HAL_SIMD
-      for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) {
-          const int64_t q = p0 + i;
-          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
-          out[q] = static_cast<in_t>(math::kl_grad_from_exp<acc_t>(static_cast<acc_t>(out[q]), x, c, scale_over_S));
-        }
-      }
-    });
     for_each_range_off_window(t.window, n, [&](int64_t p0, int64_t p1) {
       HAL_SIMD
       for (int64_t p = p0; p < p1; ++p) {
@@ -361,19 +360,8 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
       out[p] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[p]), acc_t(0), scale));
     }
   }
-  with_row_mode(t, [&](auto max_tag) {
-    constexpr bool kMax = decltype(max_tag)::value;
-    const double* total = t.total;
-    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
-      HAL_SIMD
-      for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) {
-          const int64_t q = p0 + i;
-          out[q] = static_cast<in_t>(math::mse_grad<acc_t>(
-              static_cast<acc_t>(z[q]), static_cast<acc_t>(window_value<kMax>(total, q, v[i])), scale));
-        }
-      }
-    });
+  for_each_window_pixel(t, [&](int64_t q, float x) {
+    out[q] = static_cast<in_t>(math::mse_grad<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(x), scale));
   });
 }
 
@@ -481,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
       for_each_sample<kFast>(a, pk, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
         const scalar_t* zr = zp + r * n;
         scalar_t* gr = gp ? gp + r * n : nullptr;  // this row's unit gradient, when asked for
-        const acc_t scale = (wp ? wp[r] : acc_t(1)) / divisor;
+        const acc_t scale = row_grad_scale(acc_t(1), wp, r, divisor);
         std::vector<float> dense;  // the dense target, for rows with a non-finite logit
         const auto dense_target = [&] {
           dense.resize(n);
@@ -583,9 +571,7 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
       constexpr bool kFast = decltype(fast_tag)::value;
       const auto no_sample_info = [](const float*, double*) { return 0; };
       for_each_sample<kFast>(a, pp, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
-        acc_t scale = a.mean ? gp[0] : gp[r];
-        if (wp) scale *= wp[r];
-        scale /= divisor;
+        const acc_t scale = row_grad_scale(a.mean ? gp[0] : gp[r], wp, r, divisor);
         if (a.kl) {
           kl_sparse_grad<acc_t>(zp + r * n, n, t, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
         } else {
