@@ -10,10 +10,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .. import _native
+from ..keypoint_detection import JointsKLLoss, JointsMSELoss
 from ..modules.gl import WarmStartGradientLayer
+from ..ops.joints_loss import keypoint_reduction_code
 from ..ops.pseudo_label import check_heatmaps, check_sigma
 from ..ops.pseudo_label import fast_pseudo_label_2d as _fast_pseudo_label_2d
 from ..ops.pseudo_label import pseudo_label_2d as _pseudo_label_2d
+from ..ops.regression_disparity import regression_disparity as _regression_disparity
 from ..reference.regda import heatmap_table
 
 __all__ = ["FastPseudoLabelGenerator2d", "PseudoLabelGenerator2d", "RegressionDisparity", "PoseResNet2d"]
@@ -56,6 +60,11 @@ class FastPseudoLabelGenerator2d(nn.Module):
         super().__init__()
         check_sigma(sigma)
         self.sigma = sigma
+
+    def check_input(self, y):
+        """Raises on a ``y`` (or a ``sigma`` set since construction) that ``forward`` rejects."""
+        check_heatmaps(y)
+        check_sigma(self.sigma)
 
     def forward(self, heatmap: torch.Tensor):
         return _fast_pseudo_label_2d(heatmap, self.sigma)
@@ -128,8 +137,10 @@ class PseudoLabelGenerator2d(nn.Module):
 
         return 1. - np.eye(self.num_keypoints, dtype=np.float32)
 
-    def forward(self, y: torch.Tensor):
+    def check_input(self, y):
+        """Raises on a ``y`` (or a ``sigma`` set since construction) that ``forward`` rejects."""
         check_heatmaps(y)
+        check_sigma(self.sigma)
         B, K, H, W = y.shape
         if K != self.num_keypoints:
             raise ValueError(f"y must have num_keypoints={self.num_keypoints} maps in dim 1, got {K} "
@@ -137,6 +148,9 @@ class PseudoLabelGenerator2d(nn.Module):
         if (H, W) != (self.height, self.width):
             raise ValueError(f"y's heatmaps must be height x width = {self.height} x {self.width}, got {H} x {W} "
                              f"(shape {tuple(y.shape)})")
+
+    def forward(self, y: torch.Tensor):
+        self.check_input(y)
         return _pseudo_label_2d(y, self.sigma)
 
 
@@ -219,11 +233,6 @@ class RegressionDisparity(nn.Module):
 
     def _fused_forward(self, y, y_adv, weight, mode):
         """One fused op when the generator and criterion are hal_ext's own; None otherwise."""
-        from .. import _native
-        from ..keypoint_detection import JointsKLLoss, JointsMSELoss
-        from ..ops.joints_loss import keypoint_reduction_code
-        from ..ops.regression_disparity import regression_disparity
-
         generator, criterion = self.pseudo_label_generator, self.criterion
         if not _native.native_route() or not isinstance(y, torch.Tensor) or not isinstance(y_adv, torch.Tensor):
             return None
@@ -242,13 +251,10 @@ class RegressionDisparity(nn.Module):
         if weight is not None and (not isinstance(weight, torch.Tensor)
                                    or (weight.requires_grad and torch.is_grad_enabled())):
             return None  # the generic composition differentiates the weight
-        if kind == "truncated":
-            generator(y[:0].detach())  # the generator's own checks (K, H, W) on an empty batch
-        else:
-            check_heatmaps(y)
+        generator.check_input(y)
         reduction = keypoint_reduction_code(criterion.reduction)
         self.__dict__["_pending_y"] = (generator, y.detach())
-        return regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon)
+        return _regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon)
 
     def forward(self, y, y_adv, weight=None, mode='min'):
         if mode not in ('min', 'max'):
