@@ -46,6 +46,12 @@ def sample_inputs(device, dtype):
     special[0, 1, 2, 2] = float("inf")
     special[1, 2, 0, 3] = -float("inf")
     cases.append(("nan-inf output", special, torch.rand(2, 3, 4, 4, generator=g), None))
+    # the CPU KL rows skip the log over 16-pixel runs of zero target: non-finite values inside such runs
+    blob_out, blob = torch.randn(2, 3, 8, 8, generator=g), torch.zeros(2, 3, 8, 8)
+    blob[:, :, 1:3, 1:3] = torch.rand(2, 3, 2, 2, generator=g)
+    blob_out[0, 0, 6, 6], blob_out[1, 1, 7, 0] = float("inf"), float("nan")
+    blob[1, 2, 6, 6] = float("nan")
+    cases.append(("non-finite in a target's zero region", blob_out, blob, None))
     return [(name, o.to(device, dtype), t.to(device, dtype), None if w is None else w.to(device, dtype))
             for name, o, t, w in cases]
 

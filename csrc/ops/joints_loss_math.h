@@ -64,6 +64,17 @@ HAL_HOST_DEVICE acc_t kl_row_loss(acc_t pixel_sum, acc_t T, acc_t lse, int64_t n
   return n == 0 ? acc_t(0) : pixel_sum + T * lse;
 }
 
+// The same row loss from the row's sums P = sum_p xlogx(x'_p) and XZ = sum_p x'_p z_p: since
+// t_p log t_p = (x'_p log x'_p) / S - t_p log S,
+//   sum_p [xlogy(t_p, t_p) - t_p z_p] + T lse = (P - XZ) / S - T log S + T lse.
+// No division or log per pixel, and a pixel with x'_p = 0 adds exactly 0 to P (the CPU rows skip
+// the log where a target is 0). inf/NaN propagate as in the pixel form: S = 0 or a negative x'_p give
+// NaN, as t_p = x'_p / S and xlogy do.
+HAL_HOST_DEVICE double kl_row_loss_from_sums(double P, double XZ, double S, double lse, int64_t n) {
+  const double T = S / S;
+  return n == 0 ? 0.0 : (P - XZ) / S - T * log(S) + T * lse;
+}
+
 template <typename acc_t>
 HAL_HOST_DEVICE acc_t max_nan_ignoring(acc_t a, acc_t b) {
   return b > a ? b : a;

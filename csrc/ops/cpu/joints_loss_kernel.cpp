@@ -1,6 +1,7 @@
 // CPU kernels of hal_ext::joints_mse_loss and hal_ext::joints_kl_loss (math in joints_loss_math.h).
 // One (b, k) row of H*W pixels per task, row losses combined in row order (deterministic).
 //   MSE: row = w * sum 0.5 (z - x)^2;  KL: row = w * sum [xlogy(t, t) - t log_softmax(z)], t = (x + eps) / S
+//   (the KL row from its sums, kl_row_loss_from_sums: the log only at pixels whose target is not 0)
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

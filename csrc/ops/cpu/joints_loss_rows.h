@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "common/macros.h"
 #include "ops/joints_loss_math.h"
@@ -97,9 +98,23 @@ struct KLRowStats {
   double M, Z;  // max_p z_p and sum_p exp(z_p - M): lse = M + log Z
 };
 
-// Two passes: (max z, S), then (sum exp(z - max), sum xlogy(t, t) - t z), blocked; the row's scalars
-// in double. kStoreExp: the second pass also stores exp(z_p - max) in e[p] (kl_row_forward_and_grad).
-// The second pass prefetches the next row (z_next, x_next; null for none).
+// Pixels per chunk of the KL rows' second pass: one AVX-512 vector of floats.
+constexpr int64_t kKLChunk = 16;
+
+// Whether any of the chunk's x'_p = x_p + eps is not 0 (NaN counts as not 0, and propagates).
+template <typename acc_t, typename tgt_t>
+HAL_ROW_INLINE bool any_target(const tgt_t* x, acc_t eps) {
+  int any = 0;
+  HAL_PRAGMA(omp simd reduction(| : any))
+  for (int64_t i = 0; i < kKLChunk; ++i) any |= (static_cast<acc_t>(x[i]) + eps) != acc_t(0);
+  return any != 0;
+}
+
+// Two passes: (max z, S), then (Z = sum exp(z - max), XZ = sum x' z, P = sum xlogx(x')), blocked, in
+// chunks of kKLChunk pixels: a chunk whose x'_p are all 0 adds exactly 0 to P and skips the log, which
+// is then paid only near a heatmap target's peaks. The row's loss from the sums in double
+// (kl_row_loss_from_sums). kStoreExp: the second pass also stores exp(z_p - max) in e[p]
+// (kl_row_forward_and_grad). The second pass prefetches the next row (z_next, x_next; null for none).
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
                                               const in_t* z_next, const tgt_t* x_next) {
@@ -114,25 +129,40 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
     }
     S_sum += static_cast<double>(s);
   });
-  const acc_t S = static_cast<acc_t>(S_sum);
-  double Z = 0, A = 0;
+  // Pixel p's terms: exp(z_p - m) (stored when kStoreExp), x'_p z_p and, when kLog, xlogx(x'_p).
+  const auto terms = [&](auto log_tag, int64_t p, acc_t& zs, acc_t& xzs, acc_t& ps) {
+    const acc_t zp = static_cast<acc_t>(z[p]), xp = static_cast<acc_t>(x[p]) + eps;
+    const acc_t ep = hal_exp_nonpositive(zp - m);
+    if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
+    zs += ep;
+    xzs += xp * zp;
+    if constexpr (decltype(log_tag)::value) ps += math::xlogx<acc_t>(xp);
+  };
+  double Z = 0, XZ = 0, P = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     prefetch_pixels(z_next, p0, p1);
     prefetch_pixels(x_next, p0, p1);
-    acc_t zs = 0, as = 0;
-    HAL_PRAGMA(omp simd reduction(+ : zs, as))
-    for (int64_t p = p0; p < p1; ++p) {
-      const acc_t zp = static_cast<acc_t>(z[p]);
-      const acc_t ep = hal_exp_nonpositive(zp - m);
-      if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
-      zs += ep;
-      as += math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, zp);
+    acc_t zs[kKLChunk] = {}, xzs[kKLChunk] = {}, ps[kKLChunk] = {};
+    int64_t c = p0;
+    for (; c + kKLChunk <= p1; c += kKLChunk) {
+      if (any_target(x + c, eps)) {
+        HAL_SIMD
+        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::true_type{}, c + i, zs[i], xzs[i], ps[i]);
+      } else {
+        HAL_SIMD
+        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::false_type{}, c + i, zs[i], xzs[i], ps[i]);
+      }
     }
-    Z += static_cast<double>(zs);
-    A += static_cast<double>(as);
+    for (int64_t i = 0; c + i < p1; ++i) terms(std::true_type{}, c + i, zs[i], xzs[i], ps[i]);  // the tail
+    acc_t zb = 0, xzb = 0, pb = 0;
+    for (int64_t i = 0; i < kKLChunk; ++i) zb += zs[i], xzb += xzs[i], pb += ps[i];
+    Z += static_cast<double>(zb);
+    XZ += static_cast<double>(xzb);
+    P += static_cast<double>(pb);
   });
-  const double lse = static_cast<double>(m) + std::log(Z), T = static_cast<double>(S / S);
-  return {static_cast<acc_t>(n == 0 ? 0.0 : A + T * lse), static_cast<acc_t>(lse), S, static_cast<double>(m), Z};
+  const double lse = static_cast<double>(m) + std::log(Z);
+  return {static_cast<acc_t>(math::kl_row_loss_from_sums(P, XZ, S_sum, lse, n)), static_cast<acc_t>(lse),
+          static_cast<acc_t>(S_sum), static_cast<double>(m), Z};
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>

@@ -299,10 +299,9 @@ HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z,
       xz += dxz;
     });
   });
-  const double lse = static_cast<double>(m) + std::log(Z), T = S / S;
-  const double loss = n == 0 ? 0.0 : (P - xz) / S - T * std::log(S) + T * lse;
-  return KLRowStats<acc_t>{static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S),
-                           static_cast<double>(m), Z};
+  const double lse = static_cast<double>(m) + std::log(Z);
+  return KLRowStats<acc_t>{static_cast<acc_t>(math::kl_row_loss_from_sums(P, xz, S, lse, n)),
+                           static_cast<acc_t>(lse), static_cast<acc_t>(S), static_cast<double>(m), Z};
 }
 
 // The gradient rows: the dense expressions at every pixel with the target evaluated in place.
