@@ -253,7 +253,8 @@ class RegressionDisparity(nn.Module):
             return None  # the generic composition differentiates the weight
         generator.check_input(y)
         reduction = keypoint_reduction_code(criterion.reduction)
-        self.__dict__["_pending_y"] = (generator, y.detach())
+        y = y.detach()  # the pseudo labels' source (kept for ground_truth / ground_false), no gradient
+        self.__dict__["_pending_y"] = (generator, y)
         return _regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon)
 
     def forward(self, y, y_adv, weight=None, mode='min'):

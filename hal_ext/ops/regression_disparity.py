@@ -51,7 +51,9 @@ def regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, re
         B, K = y_adv.shape[0], y_adv.shape[1]
         if weight.numel() != B * K:
             raise ValueError(f"weight must have shape (B, K) = ({B}, {K}), got shape {tuple(weight.shape)}")
-    loss = torch.ops.hal_ext.regression_disparity(y.detach(), y_adv, weight, MODES[mode], float(sigma),
+    if y.requires_grad:
+        y = y.detach()  # y's peaks are pseudo labels: no gradient flows into y (nor through the graph it hangs on)
+    loss = torch.ops.hal_ext.regression_disparity(y, y_adv, weight, MODES[mode], float(sigma),
                                                   GENERATORS[generator], CRITERIA[criterion], reduction,
                                                   float(epsilon))
     return kl_per_sample(loss) if criterion == "kl" and reduction == 0 else loss
