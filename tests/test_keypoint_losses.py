@@ -52,6 +52,8 @@ def sample_inputs(device, dtype):
     blob_out[0, 0, 6, 6], blob_out[1, 1, 7, 0] = float("inf"), float("nan")
     blob[1, 2, 6, 6] = float("nan")
     cases.append(("non-finite in a target's zero region", blob_out, blob, None))
+    # t = x / S > 0 although every x < 0 (S < 0): a finite loss (the CPU rows sum x log x with x's sign flipped)
+    cases.append(("all-negative target", torch.randn(2, 3, 5, 7, generator=g), -torch.rand(2, 3, 5, 7, generator=g), None))
     return [(name, o.to(device, dtype), t.to(device, dtype), None if w is None else w.to(device, dtype))
             for name, o, t, w in cases]
 
@@ -110,6 +112,21 @@ def test_zero_target_row_is_nan_like_reference(device):
     got = JointsKLLoss("none")(o, t)  # (B,): the mean over the keypoints carries the NaN of (1, 0)
     assert torch.isnan(got[1]) and torch.isfinite(got[0])
     assert torch.isfinite(JointsKLLoss("none", epsilon=1e-3)(o, t)).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kl_target_values_near_float_max_like_reference(device):
+    # t = x' / S stays in [0, 1], but x' log x' and x' z overflow float32: the CPU rows, which sum those,
+    # must give the pixel form's finite loss (as the reference and the CUDA kernel do).
+    g = torch.Generator().manual_seed(3)
+    o = 5 * torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.rand(2, 3, 16, 16, generator=g)
+    t[0, 1, 7, 9], t[1, 2, 0, 0] = 1e37, 3e38
+    for epsilon in (0.0, 2.0):
+        got = JointsKLLoss("none", epsilon=epsilon)(o.to(device), t.to(device))
+        want = reference.joints_kl_loss(o.double(), t.double(), None, "none", epsilon)
+        assert torch.isfinite(got).all()
+        assert_close(got, want, torch.float32, f"epsilon={epsilon}", o.numel())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -257,6 +274,8 @@ def test_opcheck(device):
                 continue  # the MSE of empty maps is NaN
             torch.library.opcheck(ops.joints_mse_loss.default, (leaf, t, w, code))
             torch.library.opcheck(ops._joints_mse_loss_with_grad.default, (o, t, w, code))
+            if (t < 0).any():
+                continue  # t + 0.01 and t + 1e-3 have both signs there: NaN KL losses
             torch.library.opcheck(ops.joints_kl_loss.default, (leaf, t + 0.01, w, code, 0.0))
             torch.library.opcheck(ops._joints_kl_loss_forward.default, (o, t, w, code, 1e-3))
             _, stats = ops._joints_kl_loss_forward(o, t, w, code, 1e-3)

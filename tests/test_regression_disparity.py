@@ -69,7 +69,10 @@ def test_fused_matches_composition(device, dtype, gen_kind, crit_kind, mode):
     g = torch.Generator().manual_seed(1)
     for name, y, y_adv, sigma in cases(device, dtype):
         B, K, H, W = y.shape
-        for reduction, epsilon, weighted in [("mean", 0.0, False), ("none", 1e-3, True), ("mean", 0.1, True)]:
+        # epsilon -2: every x' = target + epsilon < 0, so S < 0 and t = x' / S > 0 (a finite loss; the CPU's
+        # sparse rows take the dense form for it)
+        for reduction, epsilon, weighted in [("mean", 0.0, False), ("none", 1e-3, True), ("mean", 0.1, True),
+                                             ("none", -2.0, False)]:
             weight = torch.rand(B, K, generator=g).to(device) if weighted else None
             module = RegressionDisparity(make_generator(gen_kind, K, H, W, sigma),
                                          make_criterion(crit_kind, reduction, epsilon))

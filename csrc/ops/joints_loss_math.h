@@ -64,15 +64,19 @@ HAL_HOST_DEVICE acc_t kl_row_loss(acc_t pixel_sum, acc_t T, acc_t lse, int64_t n
   return n == 0 ? acc_t(0) : pixel_sum + T * lse;
 }
 
-// The same row loss from the row's sums P = sum_p xlogx(x'_p) and XZ = sum_p x'_p z_p: since
-// t_p log t_p = (x'_p log x'_p) / S - t_p log S,
-//   sum_p [xlogy(t_p, t_p) - t_p z_p] + T lse = (P - XZ) / S - T log S + T lse.
+// The same row loss from the row's sums. With s = -1 where S < 0 (else 1), u_p = s x'_p and
+// P = sum_p xlogx(u_p), XZ = sum_p x'_p z_p: since t_p = u_p / |S| and
+// t_p log t_p = (u_p log u_p) / |S| - t_p log |S|,
+//   sum_p [xlogy(t_p, t_p) - t_p z_p] + T lse = (P - s XZ) / |S| - T log |S| + T lse.
 // No division or log per pixel, and a pixel with x'_p = 0 adds exactly 0 to P (the CPU rows skip
-// the log where a target is 0). inf/NaN propagate as in the pixel form: S = 0 or a negative x'_p give
-// NaN, as t_p = x'_p / S and xlogy do.
+// the log where a target is 0). inf/NaN propagate as in the pixel form: S = 0 gives NaN, and so does a
+// t_p < 0 (an x'_p of the other sign than S: u_p < 0), as xlogy does; a row whose x'_p are all
+// negative has t_p > 0 and a finite loss, as in the pixel form.
+HAL_HOST_DEVICE double kl_target_sign(double S) { return S < 0.0 ? -1.0 : 1.0; }
+
 HAL_HOST_DEVICE double kl_row_loss_from_sums(double P, double XZ, double S, double lse, int64_t n) {
-  const double T = S / S;
-  return n == 0 ? 0.0 : (P - XZ) / S - T * log(S) + T * lse;
+  const double T = S / S, s = kl_target_sign(S), abs_S = s * S;
+  return n == 0 ? 0.0 : (P - s * XZ) / abs_S - T * log(abs_S) + T * lse;
 }
 
 template <typename acc_t>

@@ -110,10 +110,20 @@ HAL_ROW_INLINE bool any_target(const tgt_t* x, acc_t eps) {
   return any != 0;
 }
 
-// Two passes: (max z, S), then (Z = sum exp(z - max), XZ = sum x' z, P = sum xlogx(x')), blocked, in
+// sum_p [xlogy(t_p, t_p) - t_p z_p] in the pixel form (t_p = x'_p / S, as the CUDA rows and torch): for
+// a row whose loss from its sums is not finite. That is either torch's inf/NaN too, or sums that
+// overflow float where the pixel form does not (x'_p log x'_p or x'_p z_p beyond 3.4e38, t_p <= 1).
+template <typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE double kl_pixel_sum(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, acc_t S) {
+  return row_sum<acc_t>(n, [&](int64_t p) {
+    return math::kl_term<acc_t>((static_cast<acc_t>(x[p]) + eps) / S, static_cast<acc_t>(z[p]));
+  });
+}
+
+// Two passes: (max z, S), then (Z = sum exp(z - max), XZ = sum x' z, P = sum xlogx(s x')), blocked, in
 // chunks of kKLChunk pixels: a chunk whose x'_p are all 0 adds exactly 0 to P and skips the log, which
 // is then paid only near a heatmap target's peaks. The row's loss from the sums in double
-// (kl_row_loss_from_sums). kStoreExp: the second pass also stores exp(z_p - max) in e[p]
+// (kl_row_loss_from_sums), or from kl_pixel_sum where that is not finite. kStoreExp: the second pass also stores exp(z_p - max) in e[p]
 // (kl_row_forward_and_grad). The second pass prefetches the next row (z_next, x_next; null for none).
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
@@ -129,14 +139,16 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
     }
     S_sum += static_cast<double>(s);
   });
-  // Pixel p's terms: exp(z_p - m) (stored when kStoreExp), x'_p z_p and, when kLog, xlogx(x'_p).
+  // Pixel p's terms: exp(z_p - m) (stored when kStoreExp), x'_p z_p and, when kLog, xlogx(s x'_p) (s: the
+  // sign of S, kl_row_loss_from_sums; a product by +-1 is exact).
+  const acc_t sign = static_cast<acc_t>(math::kl_target_sign(S_sum));
   const auto terms = [&](auto log_tag, int64_t p, acc_t& zs, acc_t& xzs, acc_t& ps) {
     const acc_t zp = static_cast<acc_t>(z[p]), xp = static_cast<acc_t>(x[p]) + eps;
     const acc_t ep = hal_exp_nonpositive(zp - m);
     if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
     zs += ep;
     xzs += xp * zp;
-    if constexpr (decltype(log_tag)::value) ps += math::xlogx<acc_t>(xp);
+    if constexpr (decltype(log_tag)::value) ps += math::xlogx<acc_t>(sign * xp);
   };
   double Z = 0, XZ = 0, P = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
@@ -161,8 +173,12 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
     P += static_cast<double>(pb);
   });
   const double lse = static_cast<double>(m) + std::log(Z);
-  return {static_cast<acc_t>(math::kl_row_loss_from_sums(P, XZ, S_sum, lse, n)), static_cast<acc_t>(lse),
-          static_cast<acc_t>(S_sum), static_cast<double>(m), Z};
+  double loss = math::kl_row_loss_from_sums(P, XZ, S_sum, lse, n);
+  if (!std::isfinite(loss)) {  // the pixel form's value (kl_pixel_sum)
+    const acc_t S = static_cast<acc_t>(S_sum);
+    loss = math::kl_row_loss<double>(kl_pixel_sum<acc_t>(z, x, n, eps, S), static_cast<double>(S / S), lse, n);
+  }
+  return {static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S_sum), static_cast<double>(m), Z};
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>

@@ -249,7 +249,9 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
 // prefetching the next row, z_next, null for none);
 // then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
 // sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
-// that overflows): such a row takes the dense form.
+// that overflows), for a row whose target sums to S < 0 (a negative epsilon: P is the base's, summed for
+// S > 0, see kl_row_loss_from_sums), and for a row whose loss from its sums is not finite (kl_pixel_sum):
+// such a row takes the dense form.
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
                                                                   const BaseSums& sums, acc_t eps, in_t* e,
@@ -300,8 +302,10 @@ HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z,
     });
   });
   const double lse = static_cast<double>(m) + std::log(Z);
-  return KLRowStats<acc_t>{static_cast<acc_t>(math::kl_row_loss_from_sums(P, xz, S, lse, n)),
-                           static_cast<acc_t>(lse), static_cast<acc_t>(S), static_cast<double>(m), Z};
+  const double loss = math::kl_row_loss_from_sums(P, xz, S, lse, n);
+  if (S < 0 || !std::isfinite(loss)) return std::nullopt;
+  return KLRowStats<acc_t>{static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S),
+                           static_cast<double>(m), Z};
 }
 
 // The gradient rows: the dense expressions at every pixel with the target evaluated in place.
