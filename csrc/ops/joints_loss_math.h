@@ -71,7 +71,8 @@ HAL_HOST_DEVICE acc_t kl_row_loss(acc_t pixel_sum, acc_t T, acc_t lse, int64_t n
 // No division or log per pixel, and a pixel with x'_p = 0 adds exactly 0 to P (the CPU rows skip
 // the log where a target is 0). inf/NaN propagate as in the pixel form: S = 0 gives NaN, and so does a
 // t_p < 0 (an x'_p of the other sign than S: u_p < 0), as xlogy does; a row whose x'_p are all
-// negative has t_p > 0 and a finite loss, as in the pixel form.
+// negative has t_p > 0 and a finite loss, as in the pixel form. Only overflow differs: u log u and
+// x'z can pass float's range where t <= 1 does not, and the CPU rows then take the pixel form.
 HAL_HOST_DEVICE double kl_target_sign(double S) { return S < 0.0 ? -1.0 : 1.0; }
 
 HAL_HOST_DEVICE double kl_row_loss_from_sums(double P, double XZ, double S, double lse, int64_t n) {

@@ -123,8 +123,9 @@ HAL_ROW_INLINE double kl_pixel_sum(const in_t* z, const tgt_t* x, int64_t n, acc
 // Two passes: (max z, S), then (Z = sum exp(z - max), XZ = sum x' z, P = sum xlogx(s x')), blocked, in
 // chunks of kKLChunk pixels: a chunk whose x'_p are all 0 adds exactly 0 to P and skips the log, which
 // is then paid only near a heatmap target's peaks. The row's loss from the sums in double
-// (kl_row_loss_from_sums), or from kl_pixel_sum where that is not finite. kStoreExp: the second pass also stores exp(z_p - max) in e[p]
-// (kl_row_forward_and_grad). The second pass prefetches the next row (z_next, x_next; null for none).
+// (kl_row_loss_from_sums), or from kl_pixel_sum where that is not finite. kStoreExp: the second pass
+// also stores exp(z_p - max) in e[p] (kl_row_forward_and_grad). The second pass prefetches the next
+// row (z_next, x_next; null for none).
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
                                               const in_t* z_next, const tgt_t* x_next) {
