@@ -12,6 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hal_ext import _native
 from hal_ext.alignment.mcd import classifier_discrepancy, entropy
+from hal_ext.alignment.regda import FastPseudoLabelGenerator2d, PseudoLabelGenerator2d, RegressionDisparity
+from hal_ext.keypoint_detection import JointsKLLoss, JointsMSELoss
 from hal_ext.ops.classification_mdd import classification_mdd
 from hal_ext.ops.regression_mdd import regression_mdd
 from helpers import DEVICES, NATIVE
@@ -32,6 +34,10 @@ def cases(device):
         return (3 * torch.randn(*shape, generator=g)).to(device)
 
     ops = torch.ops.hal_ext
+    heatmap = torch.rand(2, 3, 8, 8, generator=g).to(device)
+    weight = torch.rand(2, 3, generator=g).to(device)
+    disparity_kl = RegressionDisparity(PseudoLabelGenerator2d(3, 8, 8), JointsKLLoss(epsilon=1e-7))
+    disparity_mse = RegressionDisparity(FastPseudoLabelGenerator2d(sigma=1.5), JointsMSELoss())
     return [
         ("classifier_discrepancy", classifier_discrepancy, ops.classifier_discrepancy.default,
          [probs(32, 31), probs(32, 31)]),
@@ -46,6 +52,18 @@ def cases(device):
          lambda *y: ops.regression_mdd.default(*y, None, None, 1., 0, MEAN), [logits(256, 3) for _ in range(4)]),
         ("regression_mdd mse sum", lambda *y: regression_mdd(*y, margin=3, loss_function=F.mse_loss, reduction="sum"),
          lambda *y: ops.regression_mdd.default(*y, None, None, 3., 1, 2), [logits(64, 2) for _ in range(4)]),
+        ("joints_kl_loss", lambda z: JointsKLLoss()(z, heatmap, weight),
+         lambda z: ops.joints_kl_loss.default(z, heatmap, weight, MEAN, 0.), [logits(2, 3, 8, 8)]),
+        ("joints_kl_loss none eps", lambda z: JointsKLLoss("none", epsilon=1e-3)(z, heatmap),
+         lambda z: ops.joints_kl_loss.default(z, heatmap, None, 0, 1e-3).mean(-1), [logits(2, 3, 8, 8)]),
+        ("joints_mse_loss", lambda z: JointsMSELoss()(z, heatmap, weight),
+         lambda z: ops.joints_mse_loss.default(z, heatmap, weight, MEAN), [logits(2, 3, 8, 8)]),
+        ("regression_disparity kl max", lambda y, y_adv: disparity_kl(y, y_adv, weight, mode="max"),
+         lambda y, y_adv: ops.regression_disparity.default(y.detach(), y_adv, weight, 1, 2., 0, 1, MEAN, 1e-7),
+         [logits(2, 3, 8, 8), logits(2, 3, 8, 8)]),
+        ("regression_disparity fast mse", lambda y, y_adv: disparity_mse(y, y_adv),
+         lambda y, y_adv: ops.regression_disparity.default(y.detach(), y_adv, None, 0, 1.5, 1, 0, MEAN, 0.),
+         [logits(2, 3, 8, 8), logits(2, 3, 8, 8)]),
     ]
 
 
@@ -81,7 +99,24 @@ def test_public_calls_use_the_direct_entry_points(monkeypatch):
     for name, public, _, inputs in cases("cpu"):
         public(*inputs)
     assert calls == ["classifier_discrepancy", "mcd_entropy", "classification_mdd", "classification_mdd",
-                     "regression_mdd", "regression_mdd"]
+                     "regression_mdd", "regression_mdd", "joints_kl_loss", "joints_kl_loss", "joints_mse_loss",
+                     "regression_disparity", "regression_disparity"]
+
+
+def test_regression_disparity_keeps_its_pseudo_labels_on_the_direct_route():
+    y, y_adv = torch.randn(2, 3, 8, 8, requires_grad=True), torch.randn(2, 3, 8, 8, requires_grad=True)
+    disparity = RegressionDisparity(PseudoLabelGenerator2d(3, 8, 8), JointsKLLoss())
+    disparity(y, y_adv, mode="min").backward()
+    assert y.grad is None and y_adv.grad is not None  # y's peaks are pseudo labels
+    assert torch.equal(disparity.ground_truth, PseudoLabelGenerator2d(3, 8, 8)(y.detach())[0])
+
+
+HEATMAP_4D = [torch.rand(2, 3, 4, 4)] * 2
+
+
+def disparity_args(y=None, y_adv=None, weight=None, sigma=2.0, shape=(3, 4, 4)):
+    y = torch.rand(2, 3, 4, 4) if y is None else y
+    return (y, torch.rand(2, 3, 4, 4) if y_adv is None else y_adv, weight, 0, sigma, 0, 1, MEAN, 0.0, *shape)
 
 
 def test_dispatch_modes_still_see_the_operator():
@@ -148,6 +183,21 @@ def test_calls_from_threads_agree():
     lambda d: d.classification_mdd(*[torch.rand(4, 0)] * 4, 4.0, 1),
     lambda d: d.classification_mdd(*[torch.rand(4, 3)] * 3, torch.rand(5, 3), 4.0, 1),
     lambda d: d.regression_mdd(*[torch.rand(4, 3)] * 3, torch.rand(4, 3).double(), 1.0, 0, 1),
+    lambda d: d.joints_kl_loss(torch.rand(2, 3, 4), torch.rand(2, 3, 4), None, 1, 0.0),
+    lambda d: d.joints_kl_loss(*HEATMAP_4D, torch.rand(2, 3).double(), 1, 0.0),
+    lambda d: d.joints_kl_loss(*HEATMAP_4D, torch.rand(2, 4), 1, 0.0),
+    lambda d: d.joints_kl_loss(*HEATMAP_4D, [[1.0] * 3] * 2, 1, 0.0),
+    lambda d: d.joints_kl_loss(*HEATMAP_4D, torch.rand(2, 3, requires_grad=True), 1, 0.0),
+    lambda d: d.joints_kl_loss(HEATMAP_4D[0], torch.rand(2, 3, 4, 4, requires_grad=True), None, 1, 0.0),
+    lambda d: d.joints_kl_loss(*HEATMAP_4D, None, 1, "0"),
+    lambda d: d.joints_mse_loss(HEATMAP_4D[0], torch.rand(2, 3, 4, 4, device="meta"), None, 1),
+    lambda d: d.regression_disparity(*disparity_args(y=torch.rand(2, 3, 4, 4).double())),
+    lambda d: d.regression_disparity(*disparity_args(shape=(4, 4, 4))),
+    lambda d: d.regression_disparity(*disparity_args(shape=(3, 4, 5))),
+    lambda d: d.regression_disparity(*disparity_args(shape=(3, 4.0, 4))),
+    lambda d: d.regression_disparity(*disparity_args(sigma=0.0)),
+    lambda d: d.regression_disparity(*disparity_args(sigma=float("inf"))),
+    lambda d: d.regression_disparity(*disparity_args(sigma=True)),
 ])
 def test_uncommon_calls_are_left_to_the_python_wrapper(call):
     """Anything but exact tensors of one supported dtype and shape (and plain numbers) returns None

@@ -1,11 +1,14 @@
-// hal_ext._C as a Python module: direct entry points of the overhead-bound losses.
+// hal_ext._C as a Python module: direct entry points of the overhead-bound losses and of the keypoint
+// losses.
 //
 // torch.ops.hal_ext.<op>(...) reaches an op through a Python frame, boxes every argument into an IValue
 // and wraps every output in a Python tensor (classification MDD returns three, of which the loss is the
 // only one the caller keeps). hal_ext._C.<op>(...) calls the same op through its typed dispatcher
 // handle straight from the CPython arguments and wraps the loss alone: about 5 us less per forward on
-// the 2-core CPU machine, 10% of a small loss's forward+backward. Every dispatch key still applies
-// (Autograd, CUDA, Python dispatch modes, functorch), since the call goes through the dispatcher.
+// the 2-core CPU machine, 10% of a small loss's forward+backward. In a training step, where each
+// keypoint loss streams tens of MB and the next call finds the caches cold, the direct route and its
+// checks in C++ (instead of the Python wrapper's) save 40-90 us per call. Every dispatch key still
+// applies (Autograd, CUDA, Python dispatch modes, functorch), since the call goes through the dispatcher.
 //
 // Each entry point takes the op's common call only: exact torch.Tensor arguments (no subclasses) of
 // one supported floating dtype and one shape, plain int/float scalars. For anything else it returns
@@ -16,18 +19,22 @@
 #include <Python.h>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <utility>
 
 #include "common/checks.h"
 #include "ops/classifier_discrepancy.h"
+#include "ops/joints_loss.h"
 #include "ops/mcd_entropy.h"
 #include "ops/mdd.h"
+#include "ops/regression_disparity.h"
 
 namespace hal_ext {
 namespace {
@@ -142,6 +149,86 @@ PyObject* regression_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t nar
   END_HANDLE_TH_ERRORS
 }
 
+// The keypoint losses' common call also has 4-d (B, K, H, W) maps on one device, and a weight that is
+// None or an exact tensor of the maps' dtype and device with B*K elements. A weight, or a target of the
+// criteria, that needs a gradient (grad mode on) is not the common call: the fused ops differentiate
+// only the maps.
+bool plain_heatmaps(PyObject* const* maps, PyObject* weight_arg, std::optional<at::Tensor>* weight) {
+  if (!plain_and_alike(maps, 2)) return false;
+  const at::Tensor& a = THPVariable_Unpack(maps[0]);
+  const at::Tensor& b = THPVariable_Unpack(maps[1]);
+  if (a.dim() != 4 || a.device() != b.device()) return false;
+  if (weight_arg == Py_None) return true;
+  if (!THPVariable_CheckExact(weight_arg)) return false;
+  const at::Tensor& w = THPVariable_Unpack(weight_arg);
+  if (w.scalar_type() != a.scalar_type() || w.device() != a.device() || w.numel() != a.size(0) * a.size(1)) {
+    return false;
+  }
+  if (w.requires_grad() && at::GradMode::is_enabled()) return false;
+  *weight = w;
+  return true;
+}
+
+// joints_kl_loss(output, target, target_weight, reduction, epsilon) -> the op's loss ((B, K) for
+// 'none'), or None
+PyObject* joints_kl_loss_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  check_arg_count("joints_kl_loss", nargs, 5);
+  const int64_t reduction = code_arg(args[3], "reduction");
+  const std::optional<double> epsilon = plain_number(args[4]);
+  std::optional<at::Tensor> weight;
+  if (!epsilon || !plain_heatmaps(args, args[2], &weight)) Py_RETURN_NONE;
+  const at::Tensor& target = THPVariable_Unpack(args[1]);
+  if (target.requires_grad() && at::GradMode::is_enabled()) Py_RETURN_NONE;
+  return loss_without_gil([&] { return joints_kl_loss(THPVariable_Unpack(args[0]), target, weight, reduction, *epsilon); });
+  END_HANDLE_TH_ERRORS
+}
+
+// joints_mse_loss(output, target, target_weight, reduction) -> loss, or None
+PyObject* joints_mse_loss_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  check_arg_count("joints_mse_loss", nargs, 4);
+  const int64_t reduction = code_arg(args[3], "reduction");
+  std::optional<at::Tensor> weight;
+  if (!plain_heatmaps(args, args[2], &weight)) Py_RETURN_NONE;
+  const at::Tensor& target = THPVariable_Unpack(args[1]);
+  if (target.requires_grad() && at::GradMode::is_enabled()) Py_RETURN_NONE;
+  return loss_without_gil([&] { return joints_mse_loss(THPVariable_Unpack(args[0]), target, weight, reduction); });
+  END_HANDLE_TH_ERRORS
+}
+
+// regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon,
+// num_keypoints, height, width) -> the op's loss, or None. The last three are what the pseudo-label
+// generator requires of y's shape (-1: anything). y enters detached: its peaks are pseudo labels.
+PyObject* regression_disparity_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  check_arg_count("regression_disparity", nargs, 12);
+  const int64_t mode = code_arg(args[3], "mode");
+  const int64_t generator = code_arg(args[5], "generator");
+  const int64_t criterion = code_arg(args[6], "criterion");
+  const int64_t reduction = code_arg(args[7], "reduction");
+  int64_t expected[3];  // the generator's attributes: anything but an exact int is not the common call
+  for (int d = 0; d < 3; ++d) {
+    if (!PyLong_CheckExact(args[9 + d])) Py_RETURN_NONE;
+    expected[d] = code_arg(args[9 + d], "num_keypoints, height and width");
+  }
+  const std::optional<double> sigma = plain_number(args[4]);
+  const std::optional<double> epsilon = plain_number(args[8]);
+  std::optional<at::Tensor> weight;
+  if (!sigma || !epsilon || !(*sigma > 0 && std::isfinite(*sigma)) || !plain_heatmaps(args, args[2], &weight)) {
+    Py_RETURN_NONE;
+  }
+  const at::Tensor& y = THPVariable_Unpack(args[0]);
+  for (int d = 0; d < 3; ++d) {
+    if (expected[d] >= 0 && y.size(d + 1) != expected[d]) Py_RETURN_NONE;
+  }
+  return loss_without_gil([&] {
+    return regression_disparity(y.detach(), THPVariable_Unpack(args[1]), weight, mode, *sigma, generator, criterion,
+                                reduction, *epsilon);
+  });
+  END_HANDLE_TH_ERRORS
+}
+
 using FastCall = PyObject* (*)(PyObject*, PyObject* const*, Py_ssize_t);
 
 // METH_FASTCALL functions are stored as PyCFunction, as CPython's own modules do.
@@ -157,6 +244,13 @@ PyMethodDef direct_call_methods[] = {
     {"regression_mdd", as_method(regression_mdd_direct), METH_FASTCALL,
      "regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin, loss_kind, reduction) -> loss, or None for an uncommon "
      "call"},
+    {"joints_kl_loss", as_method(joints_kl_loss_direct), METH_FASTCALL,
+     "joints_kl_loss(output, target, target_weight, reduction, epsilon) -> loss, or None for an uncommon call"},
+    {"joints_mse_loss", as_method(joints_mse_loss_direct), METH_FASTCALL,
+     "joints_mse_loss(output, target, target_weight, reduction) -> loss, or None for an uncommon call"},
+    {"regression_disparity", as_method(regression_disparity_direct), METH_FASTCALL,
+     "regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon, num_keypoints, "
+     "height, width) -> loss, or None for an uncommon call"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef direct_call_module = {

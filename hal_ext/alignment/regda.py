@@ -17,6 +17,7 @@ from ..ops.joints_loss import keypoint_reduction_code
 from ..ops.pseudo_label import check_heatmaps, check_sigma
 from ..ops.pseudo_label import fast_pseudo_label_2d as _fast_pseudo_label_2d
 from ..ops.pseudo_label import pseudo_label_2d as _pseudo_label_2d
+from ..ops.regression_disparity import direct_regression_disparity as _direct_regression_disparity
 from ..ops.regression_disparity import regression_disparity as _regression_disparity
 from ..reference.regda import heatmap_table
 
@@ -248,11 +249,17 @@ class RegressionDisparity(nn.Module):
             crit, epsilon = "mse", 0.0
         else:
             return None
+        reduction = keypoint_reduction_code(criterion.reduction)
+        shape = (generator.num_keypoints, generator.height, generator.width) if kind == "truncated" else (-1, -1, -1)
+        loss = _direct_regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon,
+                                            shape)
+        if loss is not None:  # the common call, checked in C++
+            self.__dict__["_pending_y"] = (generator, y.detach())
+            return loss
         if weight is not None and (not isinstance(weight, torch.Tensor)
                                    or (weight.requires_grad and torch.is_grad_enabled())):
             return None  # the generic composition differentiates the weight
         generator.check_input(y)
-        reduction = keypoint_reduction_code(criterion.reduction)
         y = y.detach()  # the pseudo labels' source (kept for ground_truth / ground_false), no gradient
         self.__dict__["_pending_y"] = (generator, y)
         return _regression_disparity(y, y_adv, weight, mode, generator.sigma, kind, crit, reduction, epsilon)

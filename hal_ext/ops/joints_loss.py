@@ -89,6 +89,11 @@ def _fused(output, target, target_weight):
 
 def joints_mse_loss(output, target, target_weight=None, reduction="mean"):
     code = keypoint_reduction_code(reduction)
+    direct = _native.direct_calls()
+    if direct is not None:
+        loss = direct.joints_mse_loss(output, target, target_weight, code)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return loss
     output, target, target_weight = check_inputs(output, target, target_weight)
     if _fused(output, target, target_weight):
         return torch.ops.hal_ext.joints_mse_loss(output, target, target_weight, code)
@@ -97,6 +102,11 @@ def joints_mse_loss(output, target, target_weight=None, reduction="mean"):
 
 def joints_kl_loss(output, target, target_weight=None, reduction="mean", epsilon=0.0):
     code = keypoint_reduction_code(reduction)
+    direct = _native.direct_calls()
+    if direct is not None:
+        loss = direct.joints_kl_loss(output, target, target_weight, code, epsilon)
+        if loss is not None:  # the common call; the rest is validated and routed below
+            return kl_per_sample(loss) if code == 0 else loss
     output, target, target_weight = check_inputs(output, target, target_weight)
     if _fused(output, target, target_weight):
         loss = torch.ops.hal_ext.joints_kl_loss(output, target, target_weight, code, float(epsilon))

@@ -57,3 +57,17 @@ def regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, re
                                                   GENERATORS[generator], CRITERIA[criterion], reduction,
                                                   float(epsilon))
     return kl_per_sample(loss) if criterion == "kl" and reduction == 0 else loss
+
+
+def direct_regression_disparity(y, y_adv, weight, mode, sigma, generator, criterion, reduction, epsilon, shape):
+    """The common call of `regression_disparity` through hal_ext._C, which checks it in C++ (exact tensors of
+    one dtype and device, 4-d, y of the `shape` (K, H, W) the generator requires, -1: any; a weight that is
+    None or needs no gradient; a finite sigma > 0), or None for any other call, which the caller routes."""
+    direct = _native.direct_calls()
+    if direct is None:
+        return None
+    loss = direct.regression_disparity(y, y_adv, weight, MODES[mode], sigma, GENERATORS[generator],
+                                       CRITERIA[criterion], reduction, epsilon, *shape)
+    if loss is None:
+        return None
+    return kl_per_sample(loss) if criterion == "kl" and reduction == 0 else loss
