@@ -8,6 +8,10 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "common/macros.h"
 #include "ops/joints_loss_math.h"
 
@@ -101,9 +105,18 @@ struct KLRowStats {
 // Pixels per chunk of the KL rows' second pass: one AVX-512 vector of floats.
 constexpr int64_t kKLChunk = 16;
 
-// Whether any of the chunk's x'_p = x_p + eps is not 0 (NaN counts as not 0, and propagates).
+// Whether any of the chunk's x'_p = x_p + eps is not 0 (NaN counts as not 0, and propagates). With
+// AVX-512, a float chunk is one vector: one compare into a mask and one test of it, where GCC reduces the
+// portable loop's lanes with a tree of shuffles (about 12 instructions per chunk; 6% of a KL row's time
+// against a Gaussian target, one thread).
 template <typename acc_t, typename tgt_t>
 HAL_ROW_INLINE bool any_target(const tgt_t* x, acc_t eps) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<tgt_t, float> && kKLChunk == 16) {
+    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(x), _mm512_set1_ps(eps));
+    return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0;  // unordered: NaN is not 0
+  }
+#endif
   int any = 0;
   HAL_PRAGMA(omp simd reduction(| : any))
   for (int64_t i = 0; i < kKLChunk; ++i) any |= (static_cast<acc_t>(x[i]) + eps) != acc_t(0);
