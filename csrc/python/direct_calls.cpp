@@ -153,6 +153,8 @@ PyObject* regression_mdd_direct(PyObject*, PyObject* const* args, Py_ssize_t nar
 // None or an exact tensor of the maps' dtype and device with B*K elements. A weight, or a target of the
 // criteria, that needs a gradient (grad mode on) is not the common call: the fused ops differentiate
 // only the maps.
+bool needs_grad(const at::Tensor& t) { return t.requires_grad() && at::GradMode::is_enabled(); }
+
 bool plain_heatmaps(PyObject* const* maps, PyObject* weight_arg, std::optional<at::Tensor>* weight) {
   if (!plain_and_alike(maps, 2)) return false;
   const at::Tensor& a = THPVariable_Unpack(maps[0]);
@@ -164,9 +166,14 @@ bool plain_heatmaps(PyObject* const* maps, PyObject* weight_arg, std::optional<a
   if (w.scalar_type() != a.scalar_type() || w.device() != a.device() || w.numel() != a.size(0) * a.size(1)) {
     return false;
   }
-  if (w.requires_grad() && at::GradMode::is_enabled()) return false;
+  if (needs_grad(w)) return false;
   *weight = w;
   return true;
+}
+
+// The criteria's common call: (output, target, target_weight) plain heatmaps, a target needing no gradient.
+bool plain_criterion_args(PyObject* const* args, std::optional<at::Tensor>* weight) {
+  return plain_heatmaps(args, args[2], weight) && !needs_grad(THPVariable_Unpack(args[1]));
 }
 
 // joints_kl_loss(output, target, target_weight, reduction, epsilon) -> the op's loss ((B, K) for
@@ -177,10 +184,10 @@ PyObject* joints_kl_loss_direct(PyObject*, PyObject* const* args, Py_ssize_t nar
   const int64_t reduction = code_arg(args[3], "reduction");
   const std::optional<double> epsilon = plain_number(args[4]);
   std::optional<at::Tensor> weight;
-  if (!epsilon || !plain_heatmaps(args, args[2], &weight)) Py_RETURN_NONE;
-  const at::Tensor& target = THPVariable_Unpack(args[1]);
-  if (target.requires_grad() && at::GradMode::is_enabled()) Py_RETURN_NONE;
-  return loss_without_gil([&] { return joints_kl_loss(THPVariable_Unpack(args[0]), target, weight, reduction, *epsilon); });
+  if (!epsilon || !plain_criterion_args(args, &weight)) Py_RETURN_NONE;
+  return loss_without_gil([&] {
+    return joints_kl_loss(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), weight, reduction, *epsilon);
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -190,10 +197,9 @@ PyObject* joints_mse_loss_direct(PyObject*, PyObject* const* args, Py_ssize_t na
   check_arg_count("joints_mse_loss", nargs, 4);
   const int64_t reduction = code_arg(args[3], "reduction");
   std::optional<at::Tensor> weight;
-  if (!plain_heatmaps(args, args[2], &weight)) Py_RETURN_NONE;
-  const at::Tensor& target = THPVariable_Unpack(args[1]);
-  if (target.requires_grad() && at::GradMode::is_enabled()) Py_RETURN_NONE;
-  return loss_without_gil([&] { return joints_mse_loss(THPVariable_Unpack(args[0]), target, weight, reduction); });
+  if (!plain_criterion_args(args, &weight)) Py_RETURN_NONE;
+  return loss_without_gil(
+      [&] { return joints_mse_loss(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), weight, reduction); });
   END_HANDLE_TH_ERRORS
 }
 
