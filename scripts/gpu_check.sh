@@ -20,6 +20,10 @@
 #   STEPS            which steps to run (default "build tests bench sanitizer"), e.g. a rerun of
 #                    STEPS="tests" after a fix; BENCH_DEVICE (default cuda) for the benchmarks
 #   BENCH_LARGE_ARGS extra `python -m benchmarks` arguments for the large memory-bound run
+#   TEST_ARGS        extra pytest arguments, e.g. "-k cuda" for the CUDA cases alone (CI already runs
+#                    the CPU cases against the GPU machine's Python and torch: `make test-gpu-env`)
+#   TEST_TIMEOUT_S   per-test limit when pytest-timeout is installed (default 120), so that one hung
+#                    kernel costs one test rather than the whole phase
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -78,7 +82,7 @@ finish() {
         echo "- gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo none)"
         echo "- python/torch: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null)"
         echo "- nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo none)"
-        echo "- settings: ARCH=$ARCH JOBS=$JOBS BUDGET_S=$BUDGET_S DRY_RUN=$DRY_RUN"
+        echo "- settings: ARCH=$ARCH JOBS=$JOBS BUDGET_S=$BUDGET_S DRY_RUN=$DRY_RUN TEST_ARGS=${TEST_ARGS:-}"
         echo
         echo "## Where the time went"
         echo
@@ -172,7 +176,10 @@ fi
 # Tests are parametrised over helpers.DEVICES, which includes cuda when a GPU is present. The large
 # (>2^31 element) tests are enabled; every public op must be importable (no silently absent op).
 export HAL_EXT_LARGE_TESTS=cuda HAL_EXT_REQUIRE_ALL_OPS=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
-PYTEST=("$PY" -m pytest -p no:cacheprovider -ra --durations=20 --continue-on-collection-errors tests)
+PYTEST=("$PY" -m pytest -p no:cacheprovider -ra --durations=20 --continue-on-collection-errors)
+"$PY" -c 'import pytest_timeout' 2>/dev/null && PYTEST+=(--timeout "${TEST_TIMEOUT_S:-120}")
+# shellcheck disable=SC2206
+PYTEST+=(${TEST_ARGS:-} tests)
 if ! want tests; then
     log "tests: not in STEPS"
 elif [[ $DRY_RUN == 1 ]]; then
