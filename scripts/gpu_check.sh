@@ -186,8 +186,11 @@ elif [[ $DRY_RUN == 1 ]]; then
     phase collect 120 "$OUT/tests.log" "${PYTEST[@]}" --collect-only -q
     log "collected: $(grep -cE '::' "$OUT/tests.log") tests, $(grep -cE 'cuda' "$OUT/tests.log") with cuda in their id"
 else
-    # leave about 3 minutes for the benchmarks and the sanitizer
-    TESTS_CAP=$(($(left) - 180))
+    # leave about 3 minutes for the benchmarks and the sanitizer, when they are to run
+    RESERVE=0
+    want bench && RESERVE=$((RESERVE + 150))
+    want sanitizer && [[ ${SKIP_SANITIZER:-0} != 1 ]] && RESERVE=$((RESERVE + 30))
+    TESTS_CAP=$(($(left) - RESERVE))
     ((TESTS_CAP > 300)) && TESTS_CAP=300
     phase tests "$TESTS_CAP" "$OUT/tests.log" "${PYTEST[@]}" --junitxml="$OUT/junit.xml"
     TESTS_RC=$?

@@ -139,3 +139,13 @@ def test_amp_mode_runs_every_contender_under_autocast(tmp_path, monkeypatch):
     assert row["dtype"] == "autocast-bfloat16" and set(row["contenders"]) == {"eager", "hal_ext"}
     # tllib's composition and hal_ext both return float32 under CPU autocast (cross_entropy, nll_loss)
     assert seen and all(dtype == torch.float32 for dtype in seen)
+
+
+def test_kernel_profile_names_the_ops_kernels(capsys):
+    from benchmarks import kernel_profile
+
+    kernel_profile.main(["--device", "cpu", "--ops", "shift_log", "--shape", "256x1000", "--contenders", "hal_ext",
+                         "--iters", "1"])
+    out = capsys.readouterr().out
+    assert "== shift_log 256x1000 fwd+bwd: 5 MB to move" in out  # 5 passes over 256,000 floats
+    assert "hal_ext::shift_log" in out and "hal_ext::_shift_log_backward" in out
