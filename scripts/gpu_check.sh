@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine (issue 7): build hal_ext for the local GPU from source with
-# every core, run the whole test suite on CUDA, run the benchmark suite on cuda, optionally
-# compute-sanitizer, and write everything under $OUT. Finishes in under 8 minutes (a deadline is
+# every core, run the test suite's CUDA cases, run the benchmark suite on cuda and a per-kernel profile
+# of the memory-bound ops, optionally compute-sanitizer, and write everything under $OUT. Finishes in under 8 minutes (a deadline is
 # shared by the phases; each runs under `timeout`) and prints where the time went.
 #
 #   OUT=/tmp/gpu_out scripts/gpu_check.sh          # or: make gpu-check
@@ -9,7 +9,8 @@
 # Environment:
 #   OUT              output folder (default ./gpu_check_out); at most 8 files are written there:
 #                    summary.md (phases, environment, test and benchmark summaries), tests.log,
-#                    junit.xml, bench.json, bench.md, chart.png|svg, logs.tar.gz (every raw log)
+#                    junit.xml, bench.json, bench.md, chart.png|svg, kernel_profile.txt, logs.tar.gz
+#                    (every raw log)
 #   PY               the Python to use (default: python, else python3; the system one, no venv)
 #   ARCH             TORCH_CUDA_ARCH_LIST (default 9.0: H100/H200)
 #   JOBS             MAX_JOBS (default: nproc)
@@ -19,15 +20,28 @@
 #   SKIP_SANITIZER=1 skip compute-sanitizer
 #   STEPS            which steps to run (default "build tests bench sanitizer"), e.g. a rerun of
 #                    STEPS="tests" after a fix; BENCH_DEVICE (default cuda) for the benchmarks
-#   BENCH_LARGE_ARGS extra `python -m benchmarks` arguments for the large memory-bound run
-#   TEST_ARGS        extra pytest arguments, e.g. "-k cuda" for the CUDA cases alone (CI already runs
-#                    the CPU cases against the GPU machine's Python and torch: `make test-gpu-env`)
+#   BENCH_LARGE_ARGS the `python -m benchmarks` arguments of the large memory-bound run
+#   PROFILE_OPS      the ops of benchmarks.kernel_profile (per-kernel device time at the largest shape)
+#   TEST_ARGS        extra pytest arguments (default "-k cuda": the CUDA cases alone, since CI runs the
+#                    CPU cases against the GPU machine's Python and torch, `make test-gpu-env`);
+#                    TEST_ARGS= (empty) runs the whole suite
 #   TEST_TIMEOUT_S   per-test limit when pytest-timeout is installed (default 120), so that one hung
 #                    kernel costs one test rather than the whole phase
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
+# The sources' content hash, which names the code that ran even where the device copy's git metadata
+# lags its files (a device session's copy keeps the session's first commit as HEAD).
+source_hash() {
+    find csrc hal_ext setup.py -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \
+        -o -name '*.py' \) -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-12
+}
+if [[ ${1:-} == --source-hash ]]; then
+    source_hash
+    exit 0
+fi
 OUT=${OUT:-$ROOT/gpu_check_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -78,6 +92,7 @@ finish() {
         echo
         echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "- commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+        echo "- sources: $(source_hash) (scripts/gpu_check.sh --source-hash on a checkout gives the same for the same files)"
         echo "- machine: $(hostname), $(nproc) cores"
         echo "- gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo none)"
         echo "- python/torch: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null)"
@@ -179,7 +194,7 @@ export HAL_EXT_LARGE_TESTS=cuda HAL_EXT_REQUIRE_ALL_OPS=1 HYPOTHESIS_PROFILE=${H
 PYTEST=("$PY" -m pytest -p no:cacheprovider -ra --durations=20 --continue-on-collection-errors)
 "$PY" -c 'import pytest_timeout' 2>/dev/null && PYTEST+=(--timeout "${TEST_TIMEOUT_S:-120}")
 # shellcheck disable=SC2206
-PYTEST+=(${TEST_ARGS:-} tests)
+PYTEST+=(${TEST_ARGS--k cuda} tests)
 if ! want tests; then
     log "tests: not in STEPS"
 elif [[ $DRY_RUN == 1 ]]; then
@@ -188,7 +203,7 @@ elif [[ $DRY_RUN == 1 ]]; then
 else
     # leave about 3 minutes for the benchmarks and the sanitizer, when they are to run
     RESERVE=0
-    want bench && RESERVE=$((RESERVE + 150))
+    want bench && RESERVE=$((RESERVE + 200))
     want sanitizer && [[ ${SKIP_SANITIZER:-0} != 1 ]] && RESERVE=$((RESERVE + 30))
     TESTS_CAP=$(($(left) - RESERVE))
     ((TESTS_CAP > 300)) && TESTS_CAP=300
@@ -210,8 +225,10 @@ else
     phase bench_quick 150 "$LOGS/bench_quick.log" "$PY" -m benchmarks --quick --device "$BENCH_DEVICE" --out "$BENCH_DIR" --name quick
     # The memory-bound ops at large sizes: the suite's --sweep preset (larger shapes on CUDA), no
     # training steps, with whatever time is left (overridable with BENCH_LARGE_ARGS).
-    LARGE_ARGS=${BENCH_LARGE_ARGS:---sweep --device $BENCH_DEVICE --train none --ops classifier_discrepancy,shift_log,regression_mdd_l1,pseudo_label_2d,fast_pseudo_label_2d,joints_mse,joints_kl,regression_disparity}
-    LARGE_CAP=$(($(left) - 100))
+    # No eager contender: tllib's RegDA composition alone takes 1 s per call at 256x21x64x64, which
+    # left the first GPU run's sweep unfinished; the quick run compares with eager.
+    LARGE_ARGS=${BENCH_LARGE_ARGS:---sweep --device $BENCH_DEVICE --train none --contenders compile,hal_ext,floor --ops classifier_discrepancy,shift_log,classification_mdd,regression_mdd_l1,pseudo_label_2d,joints_mse,joints_kl,regression_disparity}
+    LARGE_CAP=$(($(left) - 130))
     ((LARGE_CAP > 150)) && LARGE_CAP=150
     # shellcheck disable=SC2086
     phase bench_large "$LARGE_CAP" "$LOGS/bench_large.log" "$PY" -m benchmarks $LARGE_ARGS --out "$BENCH_DIR" --name sweep
@@ -225,6 +242,11 @@ else
         for f in "$BENCH_DIR"/sweep*.md; do [[ -f $f ]] && { echo; echo "## Large shapes (--sweep)"; echo; cat "$f"; } >>"$OUT/bench.md"; done
     fi
     tar -czf "$LOGS/bench_results.tar.gz" -C "$BENCH_DIR" . 2>/dev/null
+    # Where the memory-bound ops' time goes, kernel by kernel, hal_ext against torch.compile.
+    PROFILE_CAP=$(($(left) - 40))
+    ((PROFILE_CAP > 90)) && PROFILE_CAP=90
+    phase kernel_profile "$PROFILE_CAP" "$OUT/kernel_profile.txt" "$PY" -W ignore -m benchmarks.kernel_profile \
+        --device "$BENCH_DEVICE" --ops "${PROFILE_OPS:-shift_log,classification_mdd,joints_kl,joints_mse,regression_disparity}"
 fi
 rm -rf "$BENCH_TMP"
 
