@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine (issue 7): build hal_ext for the local GPU from source with
-# every core, run the test suite's CUDA cases, run the benchmark suite on cuda and a per-kernel profile
-# of the memory-bound ops, optionally compute-sanitizer, and write everything under $OUT. Finishes in under 8 minutes (a deadline is
-# shared by the phases; each runs under `timeout`) and prints where the time went.
+# every core, run the test suite's CUDA cases, the benchmark suite on cuda and a per-kernel profile of
+# the memory-bound ops, optionally compute-sanitizer, and write everything under $OUT. Finishes in
+# under 8 minutes (a deadline is shared by the phases; each runs under `timeout`) and prints where the
+# time went.
 #
 #   OUT=/tmp/gpu_out scripts/gpu_check.sh          # or: make gpu-check
 #
@@ -97,7 +98,7 @@ finish() {
         echo "- gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo none)"
         echo "- python/torch: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null)"
         echo "- nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo none)"
-        echo "- settings: ARCH=$ARCH JOBS=$JOBS BUDGET_S=$BUDGET_S DRY_RUN=$DRY_RUN TEST_ARGS=${TEST_ARGS:-}"
+        echo "- settings: ARCH=$ARCH JOBS=$JOBS BUDGET_S=$BUDGET_S DRY_RUN=$DRY_RUN TEST_ARGS=${TEST_ARGS--k cuda}"
         echo
         echo "## Where the time went"
         echo
