@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from benchmarks import __main__ as bench_main
-from benchmarks import cases, report, runner, timing
+from benchmarks import cases, kernel_profile, report, runner, timing
 from benchmarks.floor import floor_op
+from helpers import NATIVE
 
 
 def test_suite_writes_json_and_markdown(tmp_path):
@@ -141,9 +142,8 @@ def test_amp_mode_runs_every_contender_under_autocast(tmp_path, monkeypatch):
     assert seen and all(dtype == torch.float32 for dtype in seen)
 
 
+@pytest.mark.skipif(not NATIVE, reason="the profile names hal_ext's operators, which need the native library")
 def test_kernel_profile_names_the_ops_kernels(capsys):
-    from benchmarks import kernel_profile
-
     kernel_profile.main(["--device", "cpu", "--ops", "shift_log", "--shape", "256x1000", "--contenders", "hal_ext",
                          "--iters", "1"])
     out = capsys.readouterr().out
