@@ -43,12 +43,10 @@ MUTANTS = {
         "static_cast<unsigned>(splits)",
         "mcd_entropy puts every row split on grid.y, as before the fix"),
     "missing bounds check in a grid-stride loop": (
-        "csrc/ops/cuda/shift_log_kernel.cu",
-        "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {\n"
-        "    out[i] = static_cast<out_t>(math::value",
-        "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i - threadIdx.x < n; "
-        "i += stride) {\n    out[i] = static_cast<out_t>(math::value",
-        "shift_log's loop checks the block's first index, not the thread's"),
+        "csrc/common/cuda_elementwise.cuh",
+        "      if (i < n) store(i, v[k]);",
+        "      store(i, v[k]);",
+        "for_each_unrolled (shift_log's kernels) stores every element of a thread's last step, past n too"),
 }
 
 def run_suite(lib, variant, tests="tests/test_simt.py"):

@@ -115,15 +115,21 @@ def test_entropy_empty_batch(ops):
 # ---------------------------------------------------------------- shift_log
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_shift_log(ops, dtype):
-    x = rand(300, seed=9, dtype=torch.float64)  # 300: two blocks of 256, the second partial
+@pytest.mark.parametrize("n, grid_x", [(300, None), (2348, None), (2348, 2)])
+def test_shift_log(ops, dtype, n, grid_x):
+    # Each thread takes 4 elements 256 apart per grid-stride step, 1024 per block: 300 is one partial
+    # block; 2348 three blocks, the last partial; with grid.x lowered to 2, two blocks of two steps,
+    # the second step of the second block past the end.
+    limits = {} if grid_x is None else {"max_grid_x": grid_x}
+    x = rand(n, seed=9, dtype=torch.float64)
     x[:6] = torch.tensor([math.nan, math.inf, -math.inf, 1.0, 1.0 - 1e-6, 2.0], dtype=torch.float64)
+    x[-3:] = torch.tensor([math.nan, 1.0, 0.25], dtype=torch.float64)
     x = x.to(dtype)
-    with simt.launches(1, "forward"):
+    with simt.device_limits(**limits), simt.launches(1, "forward"):
         y = ops.shift_log(x, 1e-6)
     assert_close(y, oracle_shift_log(x.double()), dtype, "value")
-    g = randn(300, seed=10, dtype=dtype)
-    with simt.launches(1, "backward"):
+    g = randn(n, seed=10, dtype=dtype)
+    with simt.device_limits(**limits), simt.launches(1, "backward"):
         gx = ops._shift_log_backward(g, x, 1e-6)
     _, (e,) = oracle_grads(lambda t: oracle_shift_log(t), [x], (0,), g)
     # SPEC's bound x + offset >= 1 (gradient 0), in the kernel's precision: 1 - 1e-6 in float32 reaches it

@@ -1,5 +1,6 @@
 // CUDA kernels of hal_ext::shift_log (math in shift_log_math.h): y = log(min(x + offset, 1)),
-// dy/dx = g / (x + offset) where x + offset < 1, else 0. One grid-stride launch each way.
+// dy/dx = g / (x + offset) where x + offset < 1, else 0. One grid-stride launch each way, several loads
+// in flight per thread (common/cuda_elementwise.cuh).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -7,7 +8,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
-#include "common/cuda_reduce.cuh"
+#include "common/cuda_elementwise.cuh"
 #include "common/loss_dtype.h"
 #include "ops/shift_log.h"
 #include "ops/shift_log_math.h"
@@ -21,20 +22,28 @@ constexpr int kThreads = 256;
 // out_t / grad_t: x's type, or its accumulation type (a float32 result of half x under autocast).
 template <typename scalar_t, typename acc_t, typename out_t>
 __global__ void shift_log_kernel(const scalar_t* x, out_t* out, acc_t offset, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = static_cast<out_t>(math::value<acc_t>(static_cast<acc_t>(x[i]), offset));
-  }
+  cuda::for_each_unrolled(
+      n, [&](int64_t i) { return x[i]; },
+      [&](int64_t i, scalar_t xi) {
+        out[i] = static_cast<out_t>(math::value<acc_t>(static_cast<acc_t>(xi), offset));
+      });
 }
+
+// One element's inputs to the backward, loaded together.
+template <typename grad_t, typename scalar_t>
+struct GradAndInput {
+  grad_t g;
+  scalar_t x;
+};
 
 template <typename scalar_t, typename acc_t, typename grad_t>
 __global__ void shift_log_backward_kernel(const grad_t* grad, const scalar_t* x, scalar_t* out, acc_t offset,
                                           int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = static_cast<scalar_t>(
-        math::grad<acc_t>(static_cast<acc_t>(grad[i]), static_cast<acc_t>(x[i]), offset));
-  }
+  cuda::for_each_unrolled(
+      n, [&](int64_t i) { return GradAndInput<grad_t, scalar_t>{grad[i], x[i]}; },
+      [&](int64_t i, const GradAndInput<grad_t, scalar_t>& v) {
+        out[i] = static_cast<scalar_t>(math::grad<acc_t>(static_cast<acc_t>(v.g), static_cast<acc_t>(v.x), offset));
+      });
 }
 
 at::Tensor shift_log_cuda(const at::Tensor& x, double offset, std::optional<at::ScalarType> out_dtype) {
@@ -49,7 +58,7 @@ at::Tensor shift_log_cuda(const at::Tensor& x, double offset, std::optional<at::
     using acc_t = at::opmath_type<scalar_t>;
     with_scalar_or_acc_type<scalar_t>(out.scalar_type(), [&](auto tag) {
       using out_t = typename decltype(tag)::type;
-      cuda::launch(shift_log_kernel<scalar_t, acc_t, out_t>, {cuda::elementwise_blocks(n, kThreads), kThreads},
+      cuda::launch(shift_log_kernel<scalar_t, acc_t, out_t>, {cuda::unrolled_blocks(n, kThreads), kThreads},
           xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<out_t>(), static_cast<acc_t>(offset), n);
     });
   });
@@ -70,7 +79,7 @@ at::Tensor shift_log_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
     with_scalar_or_acc_type<scalar_t>(gc.scalar_type(), [&](auto tag) {
       using grad_t = typename decltype(tag)::type;
       cuda::launch(shift_log_backward_kernel<scalar_t, acc_t, grad_t>,
-          {cuda::elementwise_blocks(n, kThreads), kThreads}, gc.const_data_ptr<grad_t>(),
+          {cuda::unrolled_blocks(n, kThreads), kThreads}, gc.const_data_ptr<grad_t>(),
           xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(offset), n);
     });
   });
