@@ -14,30 +14,25 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from . import cases, runner
-
-
-def _parse_shape(text):
-    return tuple(int(v) for v in text.split("x"))
+from . import cases, runner, timing
+from .__main__ import _shape_list, _subset
 
 
 def profile_call(fn, device, iters):
     for _ in range(2):  # warm-up: compilation, allocator, first launches
         fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    activities = [ProfilerActivity.CUDA] if device.startswith("cuda") else [ProfilerActivity.CPU]
-    with profile(activities=activities) as prof:
+    timing.sync(device)
+    cuda = torch.device(device).type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(iters):
             fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        timing.sync(device)
     return prof
 
 
-def kernel_rows(prof, device, iters):
-    """[(name, self microseconds per call, count per call)], largest first."""
-    cuda = device.startswith("cuda")
+def kernel_rows(prof, cuda, iters):
+    """[(name, self microseconds per call, count per call)], largest first: the CUDA kernels, or (cuda
+    False) the operators."""
     rows = []
     for e in prof.key_averages():
         t = e.self_device_time_total if cuda else e.self_cpu_time_total
@@ -50,30 +45,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ops", required=True, help="comma-separated op names (python -m benchmarks --list)")
-    p.add_argument("--shape", type=_parse_shape, help="e.g. 512x21x64x64 (default: the op's largest sweep shape)")
-    p.add_argument("--contenders", default="hal_ext,compile")
+    p.add_argument("--shape", type=_shape_list, help="e.g. 512x21x64x64 (default: the op's largest sweep shape)")
+    p.add_argument("--contenders", type=_subset(runner.CONTENDERS), default=["hal_ext", "compile"])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=6)
     args = p.parse_args(argv)
     runner.configure_dynamo()
+    cuda = torch.device(args.device).type == "cuda"
     by_name = {c.name: c for c in cases.all_cases()}
-    sweep = "sweep_cuda" if args.device.startswith("cuda") else "sweep"
     for name in args.ops.split(","):
         case = by_name[name]
-        shape = args.shape or (case.shapes.get(sweep) or case.shapes["sweep"])[-1]
+        shape = args.shape[0] if args.shape else (case.shapes.get("sweep_cuda" if cuda else "sweep")
+                                                  or case.shapes["sweep"])[-1]
         mode = "fwd+bwd" if case.diff else "fwd"
         inputs = case.make_inputs(shape, args.device, torch.float32)
-        if case.diff:
-            for i in case.diff:
-                inputs[i].requires_grad_()
-        want = args.contenders.split(",")
+        for i in case.diff:
+            inputs[i].requires_grad_()
         moved = case.bytes(shape, 4, mode)
         print(f"== {name} {'x'.join(map(str, shape))} {mode}: {moved / 1e6:.0f} MB to move", flush=True)
-        for contender, (fn, _src) in runner.build_contenders(case, shape, mode, want).items():
+        for contender, (fn, _src) in runner.build_contenders(case, shape, mode, args.contenders).items():
             prof = profile_call(runner._call(fn, inputs, mode, case.diff), args.device, args.iters)
-            rows = kernel_rows(prof, args.device, args.iters)
+            rows = kernel_rows(prof, cuda, args.iters)
             total = sum(r[1] for r in rows)
-            print(f"  {contender}: {total:.1f} us of {'kernels' if args.device.startswith('cuda') else 'operators'} "
+            print(f"  {contender}: {total:.1f} us of {'kernels' if cuda else 'operators'} "
                   f"per call ({moved / total / 1e3:.0f} GB/s)")
             for key, us, count in rows[:args.top]:
                 print(f"    {us:9.1f} us  x{count:g}  {key[:110]}")
