@@ -4,22 +4,19 @@
 // issues all their loads before computing and storing any. With one load in flight per thread, the
 // H200's memory latency stays uncovered: shift_log's kernels, written that way, moved 2.4 TB/s where
 // Triton's moved 4.3 (benchmarks/results/h200/kernel_profile.txt, 2026-12-04).
-#include <algorithm>
 #include <cstdint>
 
-#include "common/cuda_launch.cuh"
+#include "common/cuda_reduce.cuh"
 
 namespace hal_ext {
 namespace cuda {
 
 constexpr int kUnroll = 4;
-constexpr int64_t kMaxUnrolledBlocks = 65535 * 8;  // beyond this, threads loop over grid-stride steps
 
-// Blocks of `threads` threads for n elements, kUnroll per thread per grid-stride step: one step each
-// up to kMaxUnrolledBlocks blocks (or the device's grid limit), more steps beyond.
+// Blocks of `threads` threads for n elements, kUnroll per thread per grid-stride step (elementwise_blocks
+// over the steps' first elements).
 inline unsigned unrolled_blocks(int64_t n, int threads) {
-  const int64_t per_block = static_cast<int64_t>(threads) * kUnroll;
-  return grid_dim(std::max<int64_t>(1, (n + per_block - 1) / per_block), std::min(kMaxUnrolledBlocks, max_grid_x()));
+  return elementwise_blocks((n + kUnroll - 1) / kUnroll, threads);
 }
 
 // store(i, load(i)) for every i in [0, n): the loads of a thread's kUnroll elements first, then their

@@ -79,9 +79,12 @@ void launch_ordered_sum(const at::Tensor& like, int64_t n, Term term, Finish fin
   launch(sum_partials_kernel<acc_t, Finish>, {1, kReduceThreads}, p, blocks, finish);
 }
 
+// Blocks of `threads` threads for a grid-stride loop over n elements: one element per thread up to
+// kMaxElementwiseBlocks blocks (or the device's grid limit), more grid-stride steps beyond.
+constexpr int64_t kMaxElementwiseBlocks = 65535 * 8;
 inline unsigned elementwise_blocks(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8)));
+  return grid_dim(std::max<int64_t>(1, b), std::min(kMaxElementwiseBlocks, max_grid_x()));
 }
 
 }  // namespace cuda
