@@ -21,7 +21,8 @@
 // (_regression_disparity_with_grad), each row's while the row is in cache: MSE as the backward; KL from
 // the exp(z_p - max) that the loss's pass stored (kl_grad_from_exp: no second exp, a few ulp from the
 // backward's), rows with a non-finite logit as the backward.
-// Pass 1, one task per map: the peaks. Pass 2, one task per sample.
+// Pass 1, one task per map: the peaks. Then the Gaussian values of every window offset, once per call
+// (GaussianTable). Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -58,26 +59,21 @@ plm::Axis axis_of(const Args& a, int64_t pos, int64_t extent) {
 
 constexpr int64_t kWindowLanes = 16;  // float lanes of an AVX-512 vector
 
-// Keypoint j's window in one sample: its pixel box on a W-wide map and its Gaussian values (row-major,
-// ax.hi - ax.lo per row), evaluated once per sample (evaluate_window).
+class GaussianTable;
+
+// Keypoint j's window in one sample: its pixel box on a W-wide map; its Gaussian values are read from the
+// call's GaussianTable.
 struct Window {
   plm::Axis ax, ay;
-  const float* g;
+  const GaussianTable* table;
   int64_t W;
   int64_t size() const { return ax.lo < ax.hi && ay.lo < ay.hi ? (ax.hi - ax.lo) * (ay.hi - ay.lo) : 0; }
   // f(first pixel index, its Gaussian values, count <= kWindowLanes) for chunks of the window's rows of
-  // pixels, which are contiguous in the map and in g. The callers' loops run over all kWindowLanes
-  // lanes with the pixels past `count` masked out (`if (i < count)`): a window row (13 pixels at
-  // sigma 2) is shorter than a vector, and a plain loop would do it in the scalar remainder.
+  // pixels, which are contiguous in the map and in the table. The callers' loops run over all
+  // kWindowLanes lanes with the pixels past `count` masked out (`if (i < count)`): a window row (13
+  // pixels at sigma 2) is shorter than a vector, and a plain loop would do it in the scalar remainder.
   template <typename F>
-  HAL_ROW_INLINE void for_each_chunk(const F& f) const {
-    if (size() == 0) return;
-    const int64_t len = ax.hi - ax.lo;
-    const float* v = g;
-    for (int64_t Y = ay.lo; Y < ay.hi; ++Y, v += len) {
-      for (int64_t c = 0; c < len; c += kWindowLanes) f(Y * W + ax.lo + c, v + c, std::min(kWindowLanes, len - c));
-    }
-  }
+  HAL_ROW_INLINE void for_each_chunk(const F& f) const;
   // f(pixel index, Gaussian value) over the window's pixels, row by row.
   template <typename F>
   HAL_ROW_INLINE void for_each(const F& f) const {
@@ -87,15 +83,58 @@ struct Window {
   }
 };
 
-template <bool kFast>
-HAL_ROW_INLINE void evaluate_window(const plm::Axis& ax, const plm::Axis& ay, float den, float* out) {
-  if (ax.lo >= ax.hi) return;
-  const int64_t len = ax.hi - ax.lo;
-  const int32_t dx0 = plm::offset32(ax.lo, ax.centre);
-  for (int64_t Y = ay.lo; Y < ay.hi; ++Y, out += len) {
-    const int32_t dy = plm::offset32(Y, ay.centre);
-    HAL_SIMD
-    for (int64_t i = 0; i < len; ++i) out[i] = plm::gaussian_off<kFast>(dx0 + static_cast<int32_t>(i), dy, den);
+// The Gaussian's values at the offsets from a window's centre that the call's windows cover: pixel (X, Y)
+// of a window has the value gaussian_off(dx + (X - ax.lo), dy) with dx = offset32(ax.lo, centre_x) and
+// dy = offset32(Y, centre_y). That depends on the offsets alone, so each value is evaluated once per call
+// (a window at sigma 2 repeats the same 13 x 13 values in every row where it is not clipped), bit for
+// bit what evaluating it in place gives.
+class GaussianTable {
+ public:
+  template <bool kFast>
+  static GaussianTable build(const std::vector<Window>& windows, float den) {
+    GaussianTable t;
+    bool any = false;
+    int64_t dx1 = 0, dy1 = 0;  // largest offsets
+    for (const Window& w : windows) {
+      if (w.size() == 0) continue;
+      const int64_t lx = plm::offset32(w.ax.lo, w.ax.centre), hx = lx + (w.ax.hi - w.ax.lo) - 1;
+      const int64_t ly = plm::offset32(w.ay.lo, w.ay.centre), hy = plm::offset32(w.ay.hi - 1, w.ay.centre);
+      t.dx0 = any ? std::min(t.dx0, lx) : lx;
+      t.dy0 = any ? std::min(t.dy0, ly) : ly;
+      dx1 = any ? std::max(dx1, hx) : hx;
+      dy1 = any ? std::max(dy1, hy) : hy;
+      any = true;
+    }
+    if (!any) return t;
+    t.width = dx1 - t.dx0 + 1;
+    t.values.resize(t.width * (dy1 - t.dy0 + 1));
+    float* row = t.values.data();
+    for (int64_t dy = t.dy0; dy <= dy1; ++dy, row += t.width) {
+      const int32_t dx0 = static_cast<int32_t>(t.dx0);
+      HAL_SIMD
+      for (int64_t i = 0; i < t.width; ++i) {
+        row[i] = plm::gaussian_off<kFast>(dx0 + static_cast<int32_t>(i), static_cast<int32_t>(dy), den);
+      }
+    }
+    return t;
+  }
+
+  // The values from offset (dx, dy) on along dx.
+  const float* at(int64_t dx, int64_t dy) const { return values.data() + (dy - dy0) * width + (dx - dx0); }
+
+ private:
+  int64_t dx0 = 0, dy0 = 0;  // smallest offsets
+  int64_t width = 0;         // offsets per table row
+  std::vector<float> values;
+};
+
+template <typename F>
+HAL_ROW_INLINE void Window::for_each_chunk(const F& f) const {
+  if (size() == 0) return;
+  const int64_t len = ax.hi - ax.lo, dx = plm::offset32(ax.lo, ax.centre);
+  for (int64_t Y = ay.lo; Y < ay.hi; ++Y) {
+    const float* v = table->at(dx, plm::offset32(Y, ay.centre));
+    for (int64_t c = 0; c < len; c += kWindowLanes) f(Y * W + ax.lo + c, v + c, std::min(kWindowLanes, len - c));
   }
 }
 
@@ -368,33 +407,33 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
   });
 }
 
-// One task per sample: its K windows evaluated once; in mode 'max' the base built from them; then
-// info = on_sample(base, scratch) (scratch: n doubles for the KL criterion in mode 'max', the caller's
-// per sample), and on_row(row, target, info) for its K rows.
+// The window of every row (peaks {x, y} per row), reading `table`.
+std::vector<Window> row_windows(const Args& a, const int64_t* peaks, const GaussianTable* table) {
+  std::vector<Window> windows(a.rows());
+  for (int64_t r = 0; r < a.rows(); ++r) {
+    windows[r] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), table, a.W};
+  }
+  return windows;
+}
+
+// The rows' windows and their Gaussian table (row_windows); then one task per sample: in mode 'max' the
+// base built from its K windows; then info = on_sample(base, scratch) (scratch: n doubles for the KL
+// criterion in mode 'max', the caller's per sample), and on_row(row, target, info) for its K rows.
 template <bool kFast, typename OnSample, typename OnRow>
 void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sample, const OnRow& on_row) {
-  const float den = plm::gaussian_denominator(a.sigma);
   const int64_t n = a.n();
+  GaussianTable table;
+  const std::vector<Window> windows = row_windows(a, peaks, &table);
+  table = GaussianTable::build<kFast>(windows, plm::gaussian_denominator(a.sigma));
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode && a.kl ? n : 0);
-    std::vector<float> base(a.max_mode ? n : 0), values;
-    std::vector<Window> windows(a.K);
+    std::vector<float> base(a.max_mode ? n : 0);
     for (int64_t b = b0; b < b1; ++b) {
-      int64_t count = 0;
-      for (int64_t k = 0; k < a.K; ++k) {
-        const int64_t r = b * a.K + k;
-        windows[k] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), nullptr, a.W};
-        count += windows[k].size();
-      }
-      values.resize(count);
-      for (int64_t k = 0, at = 0; k < a.K; at += windows[k].size(), ++k) {
-        windows[k].g = values.data() + at;
-        evaluate_window<kFast>(windows[k].ax, windows[k].ay, den, values.data() + at);
-      }
+      const Window* sample_windows = windows.data() + b * a.K;
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
-        for (const Window& w : windows) {
-          w.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+        for (int64_t k = 0; k < a.K; ++k) {
+          sample_windows[k].for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
             HAL_SIMD
             for (int64_t i = 0; i < kWindowLanes; ++i) {
               if (i < count) total[p0 + i] += static_cast<double>(v[i]);
@@ -407,7 +446,7 @@ void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sam
       const float* base_ptr = a.max_mode ? base.data() : nullptr;
       const auto info = on_sample(base_ptr, scratch.data());
       for (int64_t k = 0; k < a.K; ++k) {
-        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, windows[k]}, info);
+        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, sample_windows[k]}, info);
       }
     }
   });
