@@ -31,8 +31,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -137,6 +139,27 @@ HAL_ROW_INLINE void Window::for_each_chunk(const F& f) const {
     for (int64_t c = 0; c < len; c += kWindowLanes) f(Y * W + ax.lo + c, v + c, std::min(kWindowLanes, len - c));
   }
 }
+
+// The window of every row (peaks {x, y} per row) and the Gaussian table they read.
+class RowWindows {
+ public:
+  template <bool kFast>
+  RowWindows(const Args& a, const int64_t* peaks, std::bool_constant<kFast>) : windows_(a.rows()) {
+    for (int64_t r = 0; r < a.rows(); ++r) {
+      windows_[r] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), &table_, a.W};
+    }
+    table_ = GaussianTable::build<kFast>(windows_, plm::gaussian_denominator(a.sigma));
+  }
+  RowWindows(const RowWindows&) = delete;  // the windows point to table_
+  RowWindows& operator=(const RowWindows&) = delete;
+
+  const Window& operator[](int64_t r) const { return windows_[r]; }
+  int64_t rows() const { return static_cast<int64_t>(windows_.size()); }
+
+ private:
+  GaussianTable table_;
+  std::vector<Window> windows_;
+};
 
 // Row (b, k)'s target: base (null: 0) off keypoint k's window; inside it G_k ('min', total null) or
 // clamp_false(total - G_k) ('max').
@@ -283,6 +306,55 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
   return total;
 }
 
+// Mode 'min', KL criterion: a window chunk's (for_each_chunk) terms of S and P against base 0,
+// dS = sum_q (x'_q - eps) and dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on
+// the window's values alone, which are the same in every row whose window has the same offsets from its
+// centre and the same extent (every unclipped window): MinWindowTerms evaluates them once per distinct
+// window, before the rows, and kl_sparse_forward reads them.
+struct WindowChunkTerms {
+  double dS, dP;
+};
+
+template <typename acc_t>
+HAL_ROW_INLINE std::vector<WindowChunkTerms> min_window_terms(const Window& w, acc_t eps) {
+  std::vector<WindowChunkTerms> out;
+  const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
+  w.for_each_chunk([&](int64_t, const float* v, int64_t count) {
+    double dS = 0, dP = 0;
+    HAL_PRAGMA(omp simd reduction(+ : dS, dP))
+    for (int64_t i = 0; i < kWindowLanes; ++i) {
+      if (i < count) {
+        const acc_t x = static_cast<acc_t>(v[i]) + eps;
+        dS += static_cast<double>(x) - static_cast<double>(acc_t(0) + eps);
+        dP += static_cast<double>(math::xlogx<acc_t>(x)) - xlx_eps;
+      }
+    }
+    out.push_back({dS, dP});
+  });
+  return out;
+}
+
+template <typename acc_t>
+class MinWindowTerms {
+ public:
+  MinWindowTerms(const RowWindows& windows, acc_t eps) : rows_(windows.rows()) {
+    for (int64_t r = 0; r < windows.rows(); ++r) {
+      const Window& w = windows[r];
+      const auto [it, added] = by_window_.try_emplace(
+          std::array<int64_t, 4>{w.ax.lo - w.ax.centre, w.ax.hi - w.ax.lo, w.ay.lo - w.ay.centre, w.ay.hi - w.ay.lo});
+      if (added) it->second = min_window_terms<acc_t>(w, eps);
+      rows_[r] = it->second.data();
+    }
+  }
+
+  // Row r's chunk terms, in for_each_chunk's order.
+  const WindowChunkTerms* of_row(int64_t r) const { return rows_[r]; }
+
+ private:
+  std::map<std::array<int64_t, 4>, std::vector<WindowChunkTerms>> by_window_;
+  std::vector<const WindowChunkTerms*> rows_;
+};
+
 // The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
 // against the base, Z in a second (kStoreExp: storing exp(z_p - m) in e, for kl_sparse_grad_from_exp;
 // prefetching the next row, z_next, null for none);
@@ -293,8 +365,9 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
 // such a row takes the dense form.
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
-                                                                  const BaseSums& sums, acc_t eps, in_t* e,
-                                                                  const in_t* z_next) {
+                                                                  const BaseSums& sums,
+                                                                  const WindowChunkTerms* min_terms, acc_t eps,
+                                                                  in_t* e, const in_t* z_next) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
   const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
@@ -316,24 +389,37 @@ HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z,
     Z += static_cast<double>(zs);
   });
   double S = sums.S, P = sums.P;
-  const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
     const float* base = t.base;
     const double *total = t.total, *xlx = sums.xlx;
+    const WindowChunkTerms* terms = min_terms;
     t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
       double dS = 0, dP = 0, dxz = 0;
-      HAL_PRAGMA(omp simd reduction(+ : dS, dP, dxz))
-      for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) {
-          const int64_t q = p0 + i;
-          const acc_t x = static_cast<acc_t>(window_value<kMax>(total, q, v[i])) + eps;
-          const acc_t b = static_cast<acc_t>(base_value<kMax>(base, q)) + eps;
-          const acc_t zq = static_cast<acc_t>(z[q]);
-          dS += static_cast<double>(x) - static_cast<double>(b);
-          dP += static_cast<double>(math::xlogx<acc_t>(x)) - (kMax ? xlx[q] : xlx_eps);
-          dxz += static_cast<double>(x * zq) - (kMax ? static_cast<double>(b * zq) : static_cast<double>(eps) * zq);
+      if constexpr (kMax) {
+        HAL_PRAGMA(omp simd reduction(+ : dS, dP, dxz))
+        for (int64_t i = 0; i < kWindowLanes; ++i) {
+          if (i < count) {
+            const int64_t q = p0 + i;
+            const acc_t x = static_cast<acc_t>(window_value<true>(total, q, v[i])) + eps;
+            const acc_t b = static_cast<acc_t>(base[q]) + eps;
+            const acc_t zq = static_cast<acc_t>(z[q]);
+            dS += static_cast<double>(x) - static_cast<double>(b);
+            dP += static_cast<double>(math::xlogx<acc_t>(x)) - xlx[q];
+            dxz += static_cast<double>(x * zq) - static_cast<double>(b * zq);
+          }
         }
+      } else {
+        HAL_PRAGMA(omp simd reduction(+ : dxz))
+        for (int64_t i = 0; i < kWindowLanes; ++i) {
+          if (i < count) {
+            const acc_t x = static_cast<acc_t>(v[i]) + eps, zq = static_cast<acc_t>(z[p0 + i]);
+            dxz += static_cast<double>(x * zq) - static_cast<double>(eps) * zq;
+          }
+        }
+        dS = terms->dS;
+        dP = terms->dP;
+        ++terms;
       }
       S += dS;
       P += dP;
@@ -407,33 +493,20 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
   });
 }
 
-// The window of every row (peaks {x, y} per row), reading `table`.
-std::vector<Window> row_windows(const Args& a, const int64_t* peaks, const GaussianTable* table) {
-  std::vector<Window> windows(a.rows());
-  for (int64_t r = 0; r < a.rows(); ++r) {
-    windows[r] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), table, a.W};
-  }
-  return windows;
-}
-
-// The rows' windows and their Gaussian table (row_windows); then one task per sample: in mode 'max' the
-// base built from its K windows; then info = on_sample(base, scratch) (scratch: n doubles for the KL
-// criterion in mode 'max', the caller's per sample), and on_row(row, target, info) for its K rows.
-template <bool kFast, typename OnSample, typename OnRow>
-void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sample, const OnRow& on_row) {
+// One task per sample: in mode 'max' the base built from its K windows; then info = on_sample(base,
+// scratch) (scratch: n doubles for the KL criterion in mode 'max', the caller's per sample), and
+// on_row(row, target, info) for its K rows.
+template <typename OnSample, typename OnRow>
+void for_each_sample(const Args& a, const RowWindows& windows, const OnSample& on_sample, const OnRow& on_row) {
   const int64_t n = a.n();
-  GaussianTable table;
-  const std::vector<Window> windows = row_windows(a, peaks, &table);
-  table = GaussianTable::build<kFast>(windows, plm::gaussian_denominator(a.sigma));
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode && a.kl ? n : 0);
     std::vector<float> base(a.max_mode ? n : 0);
     for (int64_t b = b0; b < b1; ++b) {
-      const Window* sample_windows = windows.data() + b * a.K;
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
         for (int64_t k = 0; k < a.K; ++k) {
-          sample_windows[k].for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+          windows[b * a.K + k].for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
             HAL_SIMD
             for (int64_t i = 0; i < kWindowLanes; ++i) {
               if (i < count) total[p0 + i] += static_cast<double>(v[i]);
@@ -446,7 +519,8 @@ void for_each_sample(const Args& a, const int64_t* peaks, const OnSample& on_sam
       const float* base_ptr = a.max_mode ? base.data() : nullptr;
       const auto info = on_sample(base_ptr, scratch.data());
       for (int64_t k = 0; k < a.K; ++k) {
-        on_row(b * a.K + k, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, sample_windows[k]}, info);
+        const int64_t r = b * a.K + k;
+        on_row(r, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, windows[r]}, info);
       }
     }
   });
@@ -504,11 +578,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
     const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     std::vector<acc_t> row(rows);
     auto run = [&](auto fast_tag) {
-      constexpr bool kFast = decltype(fast_tag)::value;
+      const RowWindows windows(a, pk, fast_tag);
+      std::optional<MinWindowTerms<acc_t>> min_terms;
+      if (a.kl && !a.max_mode) min_terms.emplace(windows, eps);
       auto sample_sums = [&](const float* base, double* scratch) {
         return a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr};
       };
-      for_each_sample<kFast>(a, pk, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
+      for_each_sample(a, windows, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
         const scalar_t* zr = zp + r * n;
         scalar_t* gr = gp ? gp + r * n : nullptr;  // this row's unit gradient, when asked for
         const acc_t scale = row_grad_scale(acc_t(1), wp, r, divisor);
@@ -521,8 +597,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         acc_t v;
         if (a.kl) {
           const scalar_t* z_next = r + 1 < rows ? zr + n : nullptr;
-          std::optional<KLRowStats<acc_t>> k = gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, eps, gr, z_next)
-                                                  : kl_sparse_forward<false, acc_t>(zr, n, t, sums, eps, gr, z_next);
+          const WindowChunkTerms* terms = min_terms ? min_terms->of_row(r) : nullptr;
+          std::optional<KLRowStats<acc_t>> k =
+              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, terms, eps, gr, z_next)
+                 : kl_sparse_forward<false, acc_t>(zr, n, t, sums, terms, eps, gr, z_next);
           if (k) {
             if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {
@@ -610,9 +688,9 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     scalar_t* o = result.mutable_data_ptr<scalar_t>();
     const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     auto run = [&](auto fast_tag) {
-      constexpr bool kFast = decltype(fast_tag)::value;
+      const RowWindows windows(a, pp, fast_tag);
       const auto no_sample_info = [](const float*, double*) { return 0; };
-      for_each_sample<kFast>(a, pp, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
+      for_each_sample(a, windows, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
         const acc_t scale = row_grad_scale(a.mean ? gp[0] : gp[r], wp, r, divisor);
         if (a.kl) {
           kl_sparse_grad<acc_t>(zp + r * n, n, t, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
