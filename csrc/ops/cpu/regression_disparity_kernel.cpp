@@ -306,32 +306,40 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
   return total;
 }
 
-// Mode 'min', KL criterion: a window chunk's (for_each_chunk) terms of S and P against base 0,
-// dS = sum_q (x'_q - eps) and dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on
-// the window's values alone, which are the same in every row whose window has the same offsets from its
-// centre and the same extent (every unclipped window): MinWindowTerms evaluates them once per distinct
-// window, before the rows, and kl_sparse_forward reads them.
-struct WindowChunkTerms {
+// A window's sums in double, per lane of its 16-pixel chunks (lane i: pixel i of every chunk), added up
+// lane by lane once per window: one horizontal sum per window rather than one per chunk.
+using WindowLanes = double[kWindowLanes];
+
+HAL_ROW_INLINE double lanes_total(const WindowLanes& lanes) {
+  double total = 0;
+  for (int64_t i = 0; i < kWindowLanes; ++i) total += lanes[i];
+  return total;
+}
+
+// Mode 'min', KL criterion: a window's terms of S and P against base 0, dS = sum_q (x'_q - eps) and
+// dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on the window's values alone,
+// which are the same in every row whose window has the same offsets from its centre and the same extent
+// (every unclipped window): MinWindowTerms evaluates them once per distinct window, before the rows, and
+// kl_sparse_forward reads them.
+struct WindowTerms {
   double dS, dP;
 };
 
 template <typename acc_t>
-HAL_ROW_INLINE std::vector<WindowChunkTerms> min_window_terms(const Window& w, acc_t eps) {
-  std::vector<WindowChunkTerms> out;
+HAL_ROW_INLINE WindowTerms min_window_terms(const Window& w, acc_t eps) {
   const double xlx_eps = static_cast<double>(math::xlogx<acc_t>(eps));
+  WindowLanes dS = {}, dP = {};
   w.for_each_chunk([&](int64_t, const float* v, int64_t count) {
-    double dS = 0, dP = 0;
-    HAL_PRAGMA(omp simd reduction(+ : dS, dP))
+    HAL_SIMD
     for (int64_t i = 0; i < kWindowLanes; ++i) {
       if (i < count) {
         const acc_t x = static_cast<acc_t>(v[i]) + eps;
-        dS += static_cast<double>(x) - static_cast<double>(acc_t(0) + eps);
-        dP += static_cast<double>(math::xlogx<acc_t>(x)) - xlx_eps;
+        dS[i] += static_cast<double>(x) - static_cast<double>(acc_t(0) + eps);
+        dP[i] += static_cast<double>(math::xlogx<acc_t>(x)) - xlx_eps;
       }
     }
-    out.push_back({dS, dP});
   });
-  return out;
+  return {lanes_total(dS), lanes_total(dP)};
 }
 
 template <typename acc_t>
@@ -343,16 +351,15 @@ class MinWindowTerms {
       const auto [it, added] = by_window_.try_emplace(
           std::array<int64_t, 4>{w.ax.lo - w.ax.centre, w.ax.hi - w.ax.lo, w.ay.lo - w.ay.centre, w.ay.hi - w.ay.lo});
       if (added) it->second = min_window_terms<acc_t>(w, eps);
-      rows_[r] = it->second.data();
+      rows_[r] = &it->second;
     }
   }
 
-  // Row r's chunk terms, in for_each_chunk's order.
-  const WindowChunkTerms* of_row(int64_t r) const { return rows_[r]; }
+  const WindowTerms& of_row(int64_t r) const { return *rows_[r]; }
 
  private:
-  std::map<std::array<int64_t, 4>, std::vector<WindowChunkTerms>> by_window_;
-  std::vector<const WindowChunkTerms*> rows_;
+  std::map<std::array<int64_t, 4>, WindowTerms> by_window_;
+  std::vector<const WindowTerms*> rows_;
 };
 
 // The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
@@ -366,7 +373,7 @@ class MinWindowTerms {
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
                                                                   const BaseSums& sums,
-                                                                  const WindowChunkTerms* min_terms, acc_t eps,
+                                                                  const WindowTerms* min_terms, acc_t eps,
                                                                   in_t* e, const in_t* z_next) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
@@ -388,44 +395,47 @@ HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z,
     }
     Z += static_cast<double>(zs);
   });
-  double S = sums.S, P = sums.P;
+  // The window's terms exchanged for its own: dS and dP (mode 'min': min_terms), and dxz.
+  double dS = 0, dP = 0;
+  WindowLanes dxz = {};
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
-    const float* base = t.base;
-    const double *total = t.total, *xlx = sums.xlx;
-    const WindowChunkTerms* terms = min_terms;
-    t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
-      double dS = 0, dP = 0, dxz = 0;
-      if constexpr (kMax) {
-        HAL_PRAGMA(omp simd reduction(+ : dS, dP, dxz))
+    if constexpr (kMax) {
+      const float* base = t.base;
+      const double *total = t.total, *xlx = sums.xlx;
+      WindowLanes dS_lanes = {}, dP_lanes = {};
+      t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+        HAL_SIMD
         for (int64_t i = 0; i < kWindowLanes; ++i) {
           if (i < count) {
             const int64_t q = p0 + i;
             const acc_t x = static_cast<acc_t>(window_value<true>(total, q, v[i])) + eps;
             const acc_t b = static_cast<acc_t>(base[q]) + eps;
             const acc_t zq = static_cast<acc_t>(z[q]);
-            dS += static_cast<double>(x) - static_cast<double>(b);
-            dP += static_cast<double>(math::xlogx<acc_t>(x)) - xlx[q];
-            dxz += static_cast<double>(x * zq) - static_cast<double>(b * zq);
+            dS_lanes[i] += static_cast<double>(x) - static_cast<double>(b);
+            dP_lanes[i] += static_cast<double>(math::xlogx<acc_t>(x)) - xlx[q];
+            dxz[i] += static_cast<double>(x * zq) - static_cast<double>(b * zq);
           }
         }
-      } else {
-        HAL_PRAGMA(omp simd reduction(+ : dxz))
+      });
+      dS = lanes_total(dS_lanes);
+      dP = lanes_total(dP_lanes);
+    } else {
+      t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
+        HAL_SIMD
         for (int64_t i = 0; i < kWindowLanes; ++i) {
           if (i < count) {
             const acc_t x = static_cast<acc_t>(v[i]) + eps, zq = static_cast<acc_t>(z[p0 + i]);
-            dxz += static_cast<double>(x * zq) - static_cast<double>(eps) * zq;
+            dxz[i] += static_cast<double>(x * zq) - static_cast<double>(eps) * zq;
           }
         }
-        dS = terms->dS;
-        dP = terms->dP;
-        ++terms;
-      }
-      S += dS;
-      P += dP;
-      xz += dxz;
-    });
+      });
+      dS = min_terms->dS;
+      dP = min_terms->dP;
+    }
   });
+  const double S = sums.S + dS, P = sums.P + dP;
+  xz += lanes_total(dxz);
   const double lse = static_cast<double>(m) + std::log(Z);
   const double loss = math::kl_row_loss_from_sums(P, xz, S, lse, n);
   if (S < 0 || !std::isfinite(loss)) return std::nullopt;
@@ -597,7 +607,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         acc_t v;
         if (a.kl) {
           const scalar_t* z_next = r + 1 < rows ? zr + n : nullptr;
-          const WindowChunkTerms* terms = min_terms ? min_terms->of_row(r) : nullptr;
+          const WindowTerms* terms = min_terms ? &min_terms->of_row(r) : nullptr;
           std::optional<KLRowStats<acc_t>> k =
               gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, terms, eps, gr, z_next)
                  : kl_sparse_forward<false, acc_t>(zr, n, t, sums, terms, eps, gr, z_next);
