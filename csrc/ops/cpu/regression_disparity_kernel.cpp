@@ -259,6 +259,16 @@ void build_target(float* out, const SparseTarget& t, int64_t n) {
   });
 }
 
+// A window's sums in double, per lane of its 16-pixel chunks (lane i: pixel i of every chunk), added up
+// lane by lane once per window: one horizontal sum per window rather than one per chunk.
+using WindowLanes = double[kWindowLanes];
+
+HAL_ROW_INLINE double lanes_total(const WindowLanes& lanes) {
+  double total = 0;
+  for (int64_t i = 0; i < kWindowLanes; ++i) total += lanes[i];
+  return total;
+}
+
 // The unweighted MSE row sum (not yet divided by n) of a finite row: off the window against the base,
 // then the window's pixels.
 template <typename acc_t, typename in_t>
@@ -271,18 +281,18 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
     const double* total = t.total;
+    WindowLanes w = {};
     t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
-      double w = 0;
-      HAL_SIMD_SUM(w)
+      HAL_SIMD
       for (int64_t i = 0; i < kWindowLanes; ++i) {
         if (i < count) {
           const int64_t q = p0 + i;
-          w += static_cast<double>(
+          w[i] += static_cast<double>(
               math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(window_value<kMax>(total, q, v[i]))));
         }
       }
-      s += w;
     });
+    s += lanes_total(w);
   });
   return s;
 }
@@ -303,16 +313,6 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
     total += static_cast<double>(s);
   });
   *max_out = m;
-  return total;
-}
-
-// A window's sums in double, per lane of its 16-pixel chunks (lane i: pixel i of every chunk), added up
-// lane by lane once per window: one horizontal sum per window rather than one per chunk.
-using WindowLanes = double[kWindowLanes];
-
-HAL_ROW_INLINE double lanes_total(const WindowLanes& lanes) {
-  double total = 0;
-  for (int64_t i = 0; i < kWindowLanes; ++i) total += lanes[i];
   return total;
 }
 
