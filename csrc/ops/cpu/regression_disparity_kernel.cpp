@@ -270,14 +270,18 @@ HAL_ROW_INLINE double lanes_total(const WindowLanes& lanes) {
 }
 
 // The unweighted MSE row sum (not yet divided by n) of a finite row: off the window against the base,
-// then the window's pixels.
-template <typename acc_t, typename in_t>
-HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarget& t) {
-  double s = t.base ? off_window_sum<acc_t>(t.window, n, [&](int64_t p) {
-    return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), static_cast<acc_t>(t.base[p]));
-  }) : off_window_sum<acc_t>(t.window, n, [&](int64_t p) {
-    return math::mse_term<acc_t>(static_cast<acc_t>(z[p]), acc_t(0));
-  });
+// then the window's pixels. kGrad: in the same pass, the gradient row for `scale` in out (what
+// mse_sparse_grad writes), so that the forward with its gradient reads z and the base once.
+template <bool kGrad, typename acc_t, typename in_t>
+HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarget& t, acc_t scale = acc_t(1),
+                                     in_t* out = nullptr) {
+  const auto term = [&](int64_t p, acc_t x) {
+    const acc_t zp = static_cast<acc_t>(z[p]);
+    if constexpr (kGrad) out[p] = static_cast<in_t>(math::mse_grad<acc_t>(zp, x, scale));
+    return math::mse_term<acc_t>(zp, x);
+  };
+  double s = t.base ? off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, static_cast<acc_t>(t.base[p])); })
+                    : off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, acc_t(0)); });
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
     const double* total = t.total;
@@ -285,11 +289,7 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
     t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
       HAL_SIMD
       for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) {
-          const int64_t q = p0 + i;
-          w[i] += static_cast<double>(
-              math::mse_term<acc_t>(static_cast<acc_t>(z[q]), static_cast<acc_t>(window_value<kMax>(total, q, v[i]))));
-        }
+        if (i < count) w[i] += static_cast<double>(term(p0 + i, static_cast<acc_t>(window_value<kMax>(total, p0 + i, v[i]))));
       }
     });
     s += lanes_total(w);
@@ -621,9 +621,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
           st[2 * r] = k->lse;
           st[2 * r + 1] = k->S;
         } else {
-          const double s = mse_sparse_sum<acc_t>(zr, n, t);
+          const double s = gr ? mse_sparse_sum<true, acc_t>(zr, n, t, scale, gr) : mse_sparse_sum<false, acc_t>(zr, n, t);
           v = std::isfinite(s) ? static_cast<acc_t>(s) : mse_row_sum<acc_t>(zr, dense_target(), n);
-          if (gr) mse_sparse_grad<acc_t>(zr, n, t, scale, gr);
         }
         row[r] = wp ? v * wp[r] : v;
       });
