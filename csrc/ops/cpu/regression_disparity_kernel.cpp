@@ -13,7 +13,8 @@
 //   MSE: sum_p 0.5 (z_p - base_p)^2 + sum_{p in window} [0.5 (z_p - x_p)^2 - 0.5 (z_p - base_p)^2]
 //   KL:  with x'_p = x_p + eps, S = sum_p x'_p, t_p = x'_p / S, P = sum_p x'_p log x'_p:
 //        sum_p [xlogy(t_p, t_p) - t_p z_p] = (P - sum_p x'_p z_p) / S - log S
-//        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window.
+//        S, P and sum x'_p z_p: the base's sums (S and P once per sample) corrected over the window (in
+//        mode 'min' the corrections of S and P once per distinct window: MinWindowTerms).
 // Row sums accumulate in double across blocks (joints_loss_rows.h). A row with a non-finite logit takes the
 // dense form instead (its inf/NaN as torch's). The backward evaluates every pixel's target from the
 // same base and window (bit for bit the dense gradient) and writes only grad_y_adv. For float/double on
@@ -280,8 +281,9 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
     if constexpr (kGrad) out[p] = static_cast<in_t>(math::mse_grad<acc_t>(zp, x, scale));
     return math::mse_term<acc_t>(zp, x);
   };
-  double s = t.base ? off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, static_cast<acc_t>(t.base[p])); })
-                    : off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, acc_t(0)); });
+  double s = t.base
+                 ? off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, static_cast<acc_t>(t.base[p])); })
+                 : off_window_sum<acc_t>(t.window, n, [&](int64_t p) { return term(p, acc_t(0)); });
   with_row_mode(t, [&](auto max_tag) {
     constexpr bool kMax = decltype(max_tag)::value;
     const double* total = t.total;
@@ -289,7 +291,10 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
     t.window.for_each_chunk([&](int64_t p0, const float* v, int64_t count) {
       HAL_SIMD
       for (int64_t i = 0; i < kWindowLanes; ++i) {
-        if (i < count) w[i] += static_cast<double>(term(p0 + i, static_cast<acc_t>(window_value<kMax>(total, p0 + i, v[i]))));
+        if (i < count) {
+          const int64_t q = p0 + i;
+          w[i] += static_cast<double>(term(q, static_cast<acc_t>(window_value<kMax>(total, q, v[i]))));
+        }
       }
     });
     s += lanes_total(w);
@@ -621,7 +626,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
           st[2 * r] = k->lse;
           st[2 * r + 1] = k->S;
         } else {
-          const double s = gr ? mse_sparse_sum<true, acc_t>(zr, n, t, scale, gr) : mse_sparse_sum<false, acc_t>(zr, n, t);
+          const double s =
+              gr ? mse_sparse_sum<true, acc_t>(zr, n, t, scale, gr) : mse_sparse_sum<false, acc_t>(zr, n, t);
           v = std::isfinite(s) ? static_cast<acc_t>(s) : mse_row_sum<acc_t>(zr, dense_target(), n);
         }
         row[r] = wp ? v * wp[r] : v;
