@@ -10,8 +10,11 @@ memory.py for how it is measured). Training steps: iterations per second of each
 no-op losses (zero times an output, summed), the eager losses and hal_ext's, and the eager/hal_ext
 ratio; `losses ms`: the losses' forward + backward milliseconds per step, timed inside the step (each
 loss call's forward, and its own backward down to the model outputs; benchmarks/step_clock.py);
-`share`: that time over the step's (median over the steps); `hal_ext share by difference`:
-1 - noop step time / hal_ext step time, a cross-check.
+`share`: that time over the step's (median over the steps), for the no-op losses, the bytes-only
+losses (each input read once and each input gradient written once, no arithmetic: for large tensors,
+as RegDA's, the share no implementation of the losses goes below on this machine; for small ones a
+Python call's overhead), eager and hal_ext; `hal_ext share by difference`: 1 - noop step time /
+hal_ext step time, a cross-check.
 """
 import json
 import os
@@ -21,7 +24,7 @@ from .runner import format_time
 TABLE_COLUMNS = ["op", "shape", "mode", "eager", "compile", "hal_ext", "floor", "eager/hal", "compile/hal",
                  "hal/floor", "GB/s", "%bw", "peak mem e/c/h"]
 TRAIN_COLUMNS = ["method", "setting", "noop it/s", "eager it/s", "hal_ext it/s", "speedup", "eager losses ms",
-                 "hal_ext losses ms", "noop share", "eager share", "hal_ext share", "hal_ext share by difference"]
+                 "hal_ext losses ms", "noop share", "bytes-only share", "eager share", "hal_ext share", "hal_ext share by difference"]
 
 
 def _time_cell(c):
@@ -66,7 +69,7 @@ def train_rows(result):
         if "skipped" in t:
             continue
         c = t["contenders"]
-        n, e, h = c.get("noop", {}), c.get("eager", {}), c.get("hal_ext", {})
+        n, b, e, h = c.get("noop", {}), c.get("bytes", {}), c.get("eager", {}), c.get("hal_ext", {})
         ips = lambda x: f"{1 / x['median_s']:.1f}" if x.get("median_s") else "-"
         ratio = f"{e['median_s'] / h['median_s']:.2f}x" if e.get("median_s") and h.get("median_s") else "-"
         ms = lambda x: (f"{1e3 * x['loss_forward_s']:.1f}+{1e3 * x['loss_backward_s']:.1f}"
@@ -75,7 +78,7 @@ def train_rows(result):
         by_difference = (f"{100 * (1 - n['median_s'] / h['median_s']):.1f}%"
                          if n.get("median_s") and h.get("median_s") else "-")
         rows.append([t["method"], t["setting"], ips(n), ips(e), ips(h), ratio, ms(e), ms(h),
-                     share(n), share(e), share(h), by_difference])
+                     share(n), share(b), share(e), share(h), by_difference])
     return rows
 
 
@@ -169,12 +172,13 @@ def _bar_group(ax, labels, series, label_size):
 
 def _share_panel(ax, train):
     """The losses' share of each method's training step (%, linear axis), one bar per contender."""
-    kinds = [("hal_ext", "tab:green"), ("eager", "tab:blue"), ("noop", "tab:gray")]
+    kinds = [("hal_ext", "hal_ext", "tab:green"), ("eager", "eager", "tab:blue"),
+             ("bytes", "bytes-only", "tab:olive"), ("noop", "noop", "tab:gray")]
     height = 0.8 / len(kinds)
-    for n, (kind, color) in enumerate(kinds):
+    for n, (kind, name, color) in enumerate(kinds):
         offsets = [i - 0.4 + height * (n + 0.5) for i in range(len(train))]
         values = [100 * t["contenders"].get(kind, {}).get("loss_share", float("nan")) for t in train]
-        ax.barh(offsets, values, height=height, color=color, label=f"{kind} losses")
+        ax.barh(offsets, values, height=height, color=color, label=f"{name} losses")
         for yy, v in zip(offsets, values):
             if v == v:
                 ax.text(v + 0.5, yy, f"{v:.1f}%", va="center", ha="left", fontsize=6.5)

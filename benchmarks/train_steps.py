@@ -1,11 +1,15 @@
 """Training-step benchmark: one iteration of each method's loop as tllib's example scripts run it
 (mcd.py: three steps, two heads, num_k=4 generator updates; mdd.py: one step; regda.py: three steps),
-with a small backbone so that the losses' share is visible. Three contenders, each with its own
+with a small backbone so that the losses' share is visible. Four contenders, each with its own
 identically initialised model and optimisers: `eager` uses the tllib-semantics losses (hal_ext.reference /
 benchmarks.baselines, tllib's NumPy pseudo-label generator for RegDA), `hal_ext` uses hal_ext's public
 API, `noop` uses losses that cost nothing but keep the graph (`(y_adv * 0).sum()`), a cross-check of
-the direct measurement. A method whose hal_ext API is missing is skipped with a note. Only the losses
-differ: models, data and optimisers are the same code.
+the direct measurement, and `bytes` uses losses that only move the bytes a fused loss must move (each
+input read once, each input gradient written once, no arithmetic): where the losses' tensors are large
+(RegDA's heatmaps) the share that no implementation of them goes below on the machine; where they are
+small (MCD, MDD) its cost is the call overhead of a Python autograd.Function, which hal_ext's C++ calls
+undercut. A method whose hal_ext API is missing is skipped with a note. Only the losses differ: models,
+data and optimisers are the same code.
 
 Every loss call goes through a `LossClock` (step_clock.py): its forward and its own backward down to
 the model outputs are timed inside the real step, so each step reports the share of its time spent in
@@ -41,9 +45,35 @@ def _noop(*tensors, **options):
     return (tensors[0] * 0).sum()
 
 
+class _BytesOnly(torch.autograd.Function):
+    """A loss that moves the bytes a fused loss must move and does nothing else: the forward reads every
+    tensor once (a sum each) and writes the gradient of each one that needs it (a constant), as
+    hal_ext's CPU kernels write theirs in the forward; the backward returns them, scaled in place
+    unless the incoming gradient is exactly 1 on the CPU (hal_ext's rule)."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        ctx.grads = [torch.full_like(t, 1e-3) if need else None for t, need in zip(tensors, ctx.needs_input_grad)]
+        return sum(t.sum() for t in tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads, ctx.grads = ctx.grads, None
+        if grad.device.type != "cpu" or grad.item() != 1.0:
+            grads = [g.mul_(grad) if g is not None else None for g in grads]
+        return tuple(grads)
+
+
+def _bytes_only(*tensors):
+    """`_BytesOnly` over the tensors that are given (None skipped)."""
+    return _BytesOnly.apply(*(t for t in tensors if t is not None))
+
+
 def mcd_losses(kind):
     if kind == "noop":
         return SimpleNamespace(entropy=_noop, discrepancy=_noop)
+    if kind == "bytes":
+        return SimpleNamespace(entropy=_bytes_only, discrepancy=_bytes_only)
     if kind == "hal_ext":
         return SimpleNamespace(entropy=public("hal_ext.alignment.mcd", "entropy"),
                                discrepancy=public("hal_ext.alignment.mcd", "classifier_discrepancy"))
@@ -115,6 +145,8 @@ class _MDDClassifier(nn.Module):
 def mdd_losses(kind):
     if kind == "noop":
         return _noop
+    if kind == "bytes":  # tllib's MDD differentiates the adversarial outputs only
+        return lambda y_s, y_s_adv, y_t, y_t_adv: _bytes_only(y_s.detach(), y_s_adv, y_t.detach(), y_t_adv)
     if kind == "hal_ext":
         return public("hal_ext.alignment.mdd", "ClassificationMarginDisparityDiscrepancy")(margin=4.0)
     return baselines.classification_mdd
@@ -167,6 +199,8 @@ class _PoseNet(nn.Module):
 def regda_losses(kind, num_keypoints, size):
     if kind == "noop":
         return _noop, lambda y, y_adv, weight=None, mode="min": _noop(y_adv)
+    if kind == "bytes":  # the disparity reads y for its pseudo labels and differentiates y_adv only
+        return _bytes_only, lambda y, y_adv, weight=None, mode="min": _bytes_only(y.detach(), y_adv, weight)
     if kind == "hal_ext":
         regda, kp = "hal_ext.alignment.regda", "hal_ext.keypoint_detection"
         criterion = public(kp, "JointsKLLoss")()
@@ -253,8 +287,9 @@ def measure(steps, device, warmup=2, min_steps=15, max_steps=40, budget_s=1.5):
     return out
 
 
-def run(methods, device, budget_s=1.5, min_steps=15, max_steps=40, kinds=("noop", "eager", "hal_ext"), log=print):
-    """[{method, setting, contenders: {noop, eager, hal_ext: see `measure`}} | {method, skipped}]."""
+def run(methods, device, budget_s=1.5, min_steps=15, max_steps=40, kinds=("noop", "bytes", "eager", "hal_ext"),
+        log=print):
+    """[{method, setting, contenders: {noop, bytes, eager, hal_ext: see `measure`}} | {method, skipped}]."""
     out = []
     for method in methods:
         make_losses, make_step = METHODS[method]

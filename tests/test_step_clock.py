@@ -1,6 +1,7 @@
 """The training-step benchmark's in-step loss clock (benchmarks/step_clock.py): cutting the graph at the
 model outputs to time the losses must not change what the model receives, and the step measurement
 reports its documented fields (no timing assertions)."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -67,13 +68,52 @@ def test_one_leaf_read_by_two_losses_gets_both_gradients():
 
 def test_measure_reports_the_share_of_every_contender():
     steps = {}
-    for kind in ("noop", "eager", "hal_ext"):
+    for kind in ("noop", "bytes", "eager", "hal_ext"):
         torch.manual_seed(0)
         steps[kind], _ = train_steps.regda_step(train_steps.regda_losses(kind, 2, 8), "cpu", batch=2,
                                                 num_keypoints=2, size=8)
     stats = train_steps.measure(steps, "cpu", warmup=1, min_steps=2, max_steps=2, budget_s=0)
-    assert set(stats) == {"noop", "eager", "hal_ext"}
+    assert set(stats) == {"noop", "bytes", "eager", "hal_ext"}
     for name, s in stats.items():
         assert s["reps"] == 2, name
         assert 0 <= s["loss_forward_s"] and 0 <= s["loss_backward_s"], name
         assert 0 <= s["loss_share"] <= 1, name
+
+
+def _leaf_grads(loss, *shapes, requires_grad=(True,) * 8):
+    """Gradients of loss(*leaves) * 3 for random leaves of the given shapes (None where unused)."""
+    leaves = [torch.rand(s, dtype=torch.float64, requires_grad=r) for s, r in zip(shapes, requires_grad)]
+    value = loss(*leaves)
+    inputs = [x for x in leaves if x.requires_grad]
+    grads = iter(torch.autograd.grad(value * 3, inputs, allow_unused=True))
+    return [next(grads) if x.requires_grad else None for x in leaves]
+
+
+@pytest.mark.parametrize("method", ["mcd_entropy", "mcd_discrepancy", "mdd", "regda_criterion", "regda_disparity"])
+def test_bytes_only_losses_differentiate_what_hal_ext_differentiates(method):
+    """The bytes-only contender writes a gradient for exactly the inputs hal_ext's loss differentiates,
+    of their shape, scaled by the incoming gradient: it moves the bytes the real loss must move."""
+    shapes, requires_grad = {"mcd_entropy": ([(4, 5)], None), "mcd_discrepancy": ([(4, 5)] * 2, None),
+                             "mdd": ([(4, 5)] * 4, None),
+                             "regda_criterion": ([(2, 3, 8, 8), (2, 3, 8, 8), (2, 3)], (True, False, False)),
+                             "regda_disparity": ([(2, 3, 8, 8), (2, 3, 8, 8), (2, 3)], (True, True, False))}[method]
+    losses = {}
+    for kind in ("bytes", "hal_ext"):
+        if method.startswith("mcd"):
+            ns = train_steps.mcd_losses(kind)
+            losses[kind] = ns.entropy if method == "mcd_entropy" else ns.discrepancy
+        elif method == "mdd":
+            losses[kind] = train_steps.mdd_losses(kind)
+        else:
+            criterion, disparity = train_steps.regda_losses(kind, 3, 8)
+            losses[kind] = criterion if method == "regda_criterion" else disparity
+    kwargs = {"requires_grad": requires_grad} if requires_grad else {}
+    torch.manual_seed(0)
+    want = _leaf_grads(losses["hal_ext"], *shapes, **kwargs)
+    torch.manual_seed(0)
+    got = _leaf_grads(losses["bytes"], *shapes, **kwargs)
+    assert [g is None for g in got] == [g is None for g in want]
+    for g, w in zip(got, want):
+        if g is not None:
+            assert g.shape == w.shape and g.dtype == w.dtype
+            torch.testing.assert_close(g, torch.full_like(g, 3e-3), rtol=0, atol=0)
