@@ -24,7 +24,8 @@ from .runner import format_time
 TABLE_COLUMNS = ["op", "shape", "mode", "eager", "compile", "hal_ext", "floor", "eager/hal", "compile/hal",
                  "hal/floor", "GB/s", "%bw", "peak mem e/c/h"]
 TRAIN_COLUMNS = ["method", "setting", "noop it/s", "eager it/s", "hal_ext it/s", "speedup", "eager losses ms",
-                 "hal_ext losses ms", "noop share", "bytes-only share", "eager share", "hal_ext share", "hal_ext share by difference"]
+                 "hal_ext losses ms", "noop share", "bytes-only share", "eager share", "hal_ext share",
+                 "hal_ext share by difference"]
 
 
 def _time_cell(c):

@@ -5,11 +5,11 @@ identically initialised model and optimisers: `eager` uses the tllib-semantics l
 benchmarks.baselines, tllib's NumPy pseudo-label generator for RegDA), `hal_ext` uses hal_ext's public
 API, `noop` uses losses that cost nothing but keep the graph (`(y_adv * 0).sum()`), a cross-check of
 the direct measurement, and `bytes` uses losses that only move the bytes a fused loss must move (each
-input read once, each input gradient written once, no arithmetic): where the losses' tensors are large
-(RegDA's heatmaps) the share that no implementation of them goes below on the machine; where they are
-small (MCD, MDD) its cost is the call overhead of a Python autograd.Function, which hal_ext's C++ calls
-undercut. A method whose hal_ext API is missing is skipped with a note. Only the losses differ: models,
-data and optimisers are the same code.
+input read once and each input gradient written once, in one pass, no arithmetic): where the losses'
+tensors are large (RegDA's heatmaps) the share that no implementation of them goes below on the
+machine; where they are small (MCD, MDD) its cost is the call overhead of a Python autograd.Function,
+which hal_ext's C++ calls undercut. A method whose hal_ext API is missing is skipped with a note. Only
+the losses differ: models, data and optimisers are the same code.
 
 Every loss call goes through a `LossClock` (step_clock.py): its forward and its own backward down to
 the model outputs are timed inside the real step, so each step reports the share of its time spent in
@@ -46,15 +46,30 @@ def _noop(*tensors, **options):
 
 
 class _BytesOnly(torch.autograd.Function):
-    """A loss that moves the bytes a fused loss must move and does nothing else: the forward reads every
-    tensor once (a sum each) and writes the gradient of each one that needs it (a constant), as
-    hal_ext's CPU kernels write theirs in the forward; the backward returns them, scaled in place
-    unless the incoming gradient is exactly 1 on the CPU (hal_ext's rule)."""
+    """A loss that moves the bytes a fused loss must move, in one pass, and computes nothing: the forward
+    writes the gradient of each input that needs one in a single pass that also reads a partner input,
+    one of the same shape that gets no gradient, where there is one (`input + partner`; else
+    `input * 1e-3`), and sums the inputs left unread; so each input is read once and each gradient
+    written once, in the forward as hal_ext's CPU kernels write theirs. The backward returns the
+    gradients, scaled in place unless the incoming gradient is exactly 1 on the CPU (hal_ext's rule).
+    The value is 0."""
 
     @staticmethod
     def forward(ctx, *tensors):
-        ctx.grads = [torch.full_like(t, 1e-3) if need else None for t, need in zip(tensors, ctx.needs_input_grad)]
-        return sum(t.sum() for t in tensors)
+        partners = [j for j, t in enumerate(tensors) if not ctx.needs_input_grad[j]]
+        grads, read = [], set()
+        for i, t in enumerate(tensors):
+            if not ctx.needs_input_grad[i]:
+                grads.append(None)
+                continue
+            j = next((j for j in partners if j not in read and tensors[j].shape == t.shape), None)
+            grads.append(torch.mul(t, 1e-3) if j is None else torch.add(t, tensors[j]))
+            read.update((i, j))
+        for j, t in enumerate(tensors):
+            if j not in read:
+                t.sum()
+        ctx.grads = grads
+        return tensors[0].new_zeros(())
 
     @staticmethod
     def backward(ctx, grad):

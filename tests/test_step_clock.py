@@ -80,19 +80,21 @@ def test_measure_reports_the_share_of_every_contender():
         assert 0 <= s["loss_share"] <= 1, name
 
 
-def _leaf_grads(loss, *shapes, requires_grad=(True,) * 8):
+def _leaf_grads(loss, *shapes, requires_grad=(True,) * 8, return_leaves=False):
     """Gradients of loss(*leaves) * 3 for random leaves of the given shapes (None where unused)."""
     leaves = [torch.rand(s, dtype=torch.float64, requires_grad=r) for s, r in zip(shapes, requires_grad)]
     value = loss(*leaves)
     inputs = [x for x in leaves if x.requires_grad]
     grads = iter(torch.autograd.grad(value * 3, inputs, allow_unused=True))
-    return [next(grads) if x.requires_grad else None for x in leaves]
+    grads = [next(grads) if x.requires_grad else None for x in leaves]
+    return (grads, leaves) if return_leaves else grads
 
 
 @pytest.mark.parametrize("method", ["mcd_entropy", "mcd_discrepancy", "mdd", "regda_criterion", "regda_disparity"])
 def test_bytes_only_losses_differentiate_what_hal_ext_differentiates(method):
-    """The bytes-only contender writes a gradient for exactly the inputs hal_ext's loss differentiates,
-    of their shape, scaled by the incoming gradient: it moves the bytes the real loss must move."""
+    """The bytes-only contender writes a gradient for exactly the inputs hal_ext's loss differentiates, of
+    their shape, in one pass that reads the input and its partner (an input of the same shape without a
+    gradient), scaled by the incoming gradient: it moves the bytes the real loss must move."""
     shapes, requires_grad = {"mcd_entropy": ([(4, 5)], None), "mcd_discrepancy": ([(4, 5)] * 2, None),
                              "mdd": ([(4, 5)] * 4, None),
                              "regda_criterion": ([(2, 3, 8, 8), (2, 3, 8, 8), (2, 3)], (True, False, False)),
@@ -111,9 +113,16 @@ def test_bytes_only_losses_differentiate_what_hal_ext_differentiates(method):
     torch.manual_seed(0)
     want = _leaf_grads(losses["hal_ext"], *shapes, **kwargs)
     torch.manual_seed(0)
-    got = _leaf_grads(losses["bytes"], *shapes, **kwargs)
+    got, leaves = _leaf_grads(losses["bytes"], *shapes, return_leaves=True, **kwargs)
     assert [g is None for g in got] == [g is None for g in want]
     for g, w in zip(got, want):
-        if g is not None:
-            assert g.shape == w.shape and g.dtype == w.dtype
-            torch.testing.assert_close(g, torch.full_like(g, 3e-3), rtol=0, atol=0)
+        assert g is None or (g.shape == w.shape and g.dtype == w.dtype)
+    x = [t.detach() for t in leaves]
+    expected = {"mcd_entropy": lambda: [x[0] * 1e-3 * 3], "mcd_discrepancy": lambda: [x[0] * 1e-3 * 3, x[1] * 1e-3 * 3],
+                "mdd": lambda: [None, (x[1] + x[0]) * 3, None, (x[3] + x[2]) * 3],
+                "regda_criterion": lambda: [(x[0] + x[1]) * 3, None, None],
+                "regda_disparity": lambda: [None, (x[1] + x[0]) * 3, None]}[method]()
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=0, atol=0)
