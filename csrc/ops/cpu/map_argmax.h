@@ -13,6 +13,32 @@ namespace hal_ext {
 
 #define HAL_SIMD_OR(var) HAL_PRAGMA(omp simd reduction(| : var))
 
+// The first index of p[0, n) holding m, its maximum (nan: the first NaN), in blocks of 32 that stop at
+// the first block holding it (the map is in L1/L2 from the pass that found m).
+template <typename scalar_t, typename acc_t>
+int64_t first_index_of_max(const scalar_t* p, int64_t n, acc_t m, bool nan) {
+  constexpr int64_t L = 32;
+  const int64_t full = n - n % L;
+  auto is_max = [m, nan](acc_t v) { return nan ? v != v : v == m; };
+  int64_t i = 0;
+  for (; i < full; i += L) {
+    const scalar_t* block = p + i;
+    int32_t hit = 0;
+    if (nan) {
+      HAL_SIMD_OR(hit)
+      for (int64_t l = 0; l < L; ++l) { const acc_t v = static_cast<acc_t>(block[l]); hit |= static_cast<int32_t>(v != v); }
+    } else {
+      HAL_SIMD_OR(hit)
+      for (int64_t l = 0; l < L; ++l) hit |= static_cast<int32_t>(static_cast<acc_t>(block[l]) == m);
+    }
+    if (hit) break;
+  }
+  for (; i < n; ++i) {
+    if (is_max(static_cast<acc_t>(p[i]))) return i;
+  }
+  return 0;  // unreachable for n > 0
+}
+
 // First argmax of p[0, n) (NaN = max, lowest index among equals), in two vectorised passes over
 // blocks of L elements: the maximum and whether a NaN occurs (lane-wise max/or, L lanes), then the
 // first element equal to it (or the first NaN), which re-reads the map from L1/L2 and stops at the
@@ -51,24 +77,7 @@ pseudo_label_math::ArgMax<at::opmath_type<scalar_t>> map_argmax(const scalar_t* 
     nan = nan || v != v;
   }
   if (nan) m = static_cast<acc_t>(NAN);
-  auto is_max = [m, nan](acc_t v) { return nan ? v != v : v == m; };
-  int64_t i = 0;
-  for (; i < full; i += L) {
-    const scalar_t* block = p + i;
-    int32_t hit = 0;
-    if (nan) {
-      HAL_SIMD_OR(hit)
-      for (int64_t l = 0; l < L; ++l) { const acc_t v = static_cast<acc_t>(block[l]); hit |= static_cast<int32_t>(v != v); }
-    } else {
-      HAL_SIMD_OR(hit)
-      for (int64_t l = 0; l < L; ++l) hit |= static_cast<int32_t>(static_cast<acc_t>(block[l]) == m);
-    }
-    if (hit) break;
-  }
-  for (; i < n; ++i) {
-    if (is_max(static_cast<acc_t>(p[i]))) return {m, i};
-  }
-  return {m, 0};  // unreachable for n > 0
+  return {m, first_index_of_max(p, n, m, nan)};
 }
 
 #undef HAL_SIMD_OR

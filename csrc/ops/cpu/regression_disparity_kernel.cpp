@@ -22,8 +22,10 @@
 // (_regression_disparity_with_grad), each row's while the row is in cache: MSE as the backward; KL from
 // the exp(z_p - max) that the loss's pass stored (kl_grad_from_exp: no second exp, a few ulp from the
 // backward's), rows with a non-finite logit as the backward.
-// Pass 1, one task per map: the peaks. Then the Gaussian values of every window offset, once per call
-// (GaussianTable). Pass 2, one task per sample.
+// The peaks: in mode 'min' with the KL criterion (y and y_adv of one dtype) each row finds its own in its
+// first pass, which reads its map of y together with its row of y_adv (a row's target needs its own peak
+// only), so that y is not read in a pass of its own; otherwise pass 1, one task per map, finds them all.
+// The Gaussian values of every window offset, once per call (GaussianTable). Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -122,6 +124,11 @@ class GaussianTable {
     return t;
   }
 
+  // The table for the windows of peaks anywhere on an H x W map: the offsets along x of a window depend
+  // on the peak's x alone, and along y on its y, so the windows of the peaks (i, i) cover them all.
+  template <bool kFast>
+  static GaussianTable for_any_peak(const Args& a, float den);
+
   // The values from offset (dx, dy) on along dx.
   const float* at(int64_t dx, int64_t dy) const { return values.data() + (dy - dy0) * width + (dx - dx0); }
 
@@ -141,23 +148,42 @@ HAL_ROW_INLINE void Window::for_each_chunk(const F& f) const {
   }
 }
 
-// The window of every row (peaks {x, y} per row) and the Gaussian table they read.
+template <bool kFast>
+GaussianTable GaussianTable::for_any_peak(const Args& a, float den) {
+  if (a.W == 0 || a.H == 0) return GaussianTable{};
+  std::vector<Window> windows(std::max(a.W, a.H));
+  for (int64_t i = 0; i < static_cast<int64_t>(windows.size()); ++i) {
+    windows[i] = {axis_of(a, std::min(i, a.W - 1), a.W), axis_of(a, std::min(i, a.H - 1), a.H), nullptr, a.W};
+  }
+  return build<kFast>(windows, den);
+}
+
+// The window of every row (peaks {x, y} per row) and the Gaussian table they read: from the peaks found
+// beforehand, or (peaks null) set row by row as the rows find their peaks (set: distinct rows from any
+// thread), with the table of any peak's window.
 class RowWindows {
  public:
   template <bool kFast>
-  RowWindows(const Args& a, const int64_t* peaks, std::bool_constant<kFast>) : windows_(a.rows()) {
-    for (int64_t r = 0; r < a.rows(); ++r) {
-      windows_[r] = {axis_of(a, peaks[2 * r], a.W), axis_of(a, peaks[2 * r + 1], a.H), &table_, a.W};
+  RowWindows(const Args& a, const int64_t* peaks, std::bool_constant<kFast>) : a_(a), windows_(a.rows()) {
+    const float den = plm::gaussian_denominator(a.sigma);
+    if (!peaks) {
+      table_ = GaussianTable::for_any_peak<kFast>(a, den);
+      return;
     }
-    table_ = GaussianTable::build<kFast>(windows_, plm::gaussian_denominator(a.sigma));
+    for (int64_t r = 0; r < a.rows(); ++r) set(r, peaks[2 * r], peaks[2 * r + 1]);
+    table_ = GaussianTable::build<kFast>(windows_, den);
   }
   RowWindows(const RowWindows&) = delete;  // the windows point to table_
   RowWindows& operator=(const RowWindows&) = delete;
 
+  void set(int64_t r, int64_t x, int64_t y) {
+    windows_[r] = {axis_of(a_, x, a_.W), axis_of(a_, y, a_.H), &table_, a_.W};
+  }
   const Window& operator[](int64_t r) const { return windows_[r]; }
   int64_t rows() const { return static_cast<int64_t>(windows_.size()); }
 
  private:
+  const Args& a_;
   GaussianTable table_;
   std::vector<Window> windows_;
 };
@@ -324,7 +350,7 @@ HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weigh
 // Mode 'min', KL criterion: a window's terms of S and P against base 0, dS = sum_q (x'_q - eps) and
 // dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on the window's values alone,
 // which are the same in every row whose window has the same offsets from its centre and the same extent
-// (every unclipped window): MinWindowTerms evaluates them once per distinct window, before the rows, and
+// (every unclipped window): MinWindowTerms evaluates them once per distinct window of a sample, and
 // kl_sparse_forward reads them.
 struct WindowTerms {
   double dS, dP;
@@ -347,29 +373,77 @@ HAL_ROW_INLINE WindowTerms min_window_terms(const Window& w, acc_t eps) {
   return {lanes_total(dS), lanes_total(dP)};
 }
 
+// The terms of each distinct window, evaluated when a row first asks for them; one per sample, so that no
+// two threads share one.
 template <typename acc_t>
 class MinWindowTerms {
  public:
-  MinWindowTerms(const RowWindows& windows, acc_t eps) : rows_(windows.rows()) {
-    for (int64_t r = 0; r < windows.rows(); ++r) {
-      const Window& w = windows[r];
-      const auto [it, added] = by_window_.try_emplace(
-          std::array<int64_t, 4>{w.ax.lo - w.ax.centre, w.ax.hi - w.ax.lo, w.ay.lo - w.ay.centre, w.ay.hi - w.ay.lo});
-      if (added) it->second = min_window_terms<acc_t>(w, eps);
-      rows_[r] = &it->second;
-    }
+  explicit MinWindowTerms(acc_t eps) : eps_(eps) {}
+
+  const WindowTerms& of(const Window& w) {
+    const auto [it, added] = by_window_.try_emplace(
+        std::array<int64_t, 4>{w.ax.lo - w.ax.centre, w.ax.hi - w.ax.lo, w.ay.lo - w.ay.centre, w.ay.hi - w.ay.lo});
+    if (added) it->second = min_window_terms<acc_t>(w, eps_);
+    return it->second;
   }
 
-  const WindowTerms& of_row(int64_t r) const { return *rows_[r]; }
-
  private:
+  acc_t eps_;
   std::map<std::array<int64_t, 4>, WindowTerms> by_window_;
-  std::vector<const WindowTerms*> rows_;
+};
+
+// A KL row's first pass: m = max_p z_p (NaN ignored) and sum_p z_p (blocked), the statistics that
+// max_and_weighted_sum gives against base 0.
+template <typename acc_t>
+struct FirstPass {
+  acc_t m;
+  double z_sum;
+};
+
+// The first pass of a KL row in mode 'min' that also finds the row's peak: its map of y read with its
+// row of y_adv, in the blocks and sums of max_and_weighted_sum (bit for bit its m and sum), y's maximum
+// (NaN if any) alongside, then its first index (first_index_of_max, from L1): map_argmax's result.
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE std::pair<FirstPass<acc_t>, pseudo_label_math::ArgMax<acc_t>> first_pass_and_peak(const in_t* y,
+                                                                                                  const in_t* z,
+                                                                                                  int64_t n) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity(), ym = -std::numeric_limits<acc_t>::infinity();
+  int32_t y_nan = 0;
+  double total = 0;
+  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
+    acc_t s = 0;
+    HAL_PRAGMA(omp simd reduction(max : m, ym) reduction(+ : s) reduction(| : y_nan))
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t v = static_cast<acc_t>(z[p]);
+      m = math::max_nan_ignoring<acc_t>(m, v);
+      s += acc_t(1) * v;
+      const acc_t u = static_cast<acc_t>(y[p]);
+      ym = u > ym ? u : ym;
+      y_nan |= static_cast<int32_t>(u != u);
+    }
+    total += static_cast<double>(s);
+  });
+  const bool nan = y_nan != 0;
+  const acc_t peak = nan ? static_cast<acc_t>(NAN) : ym;
+  return {{m, total}, {peak, first_index_of_max(y, n, peak, nan)}};
+}
+
+// What a KL row prefetches while it computes: its next row of y_adv, and of y when the row reads its map
+// of y in its first pass (null: none).
+template <typename in_t>
+struct NextMaps {
+  const in_t* z = nullptr;
+  const in_t* y = nullptr;
+
+  HAL_ROW_INLINE void prefetch(int64_t p0, int64_t p1) const {
+    prefetch_pixels(z, p0, p1);
+    prefetch_pixels(y, p0, p1);
+  }
 };
 
 // The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
-// against the base, Z in a second (kStoreExp: storing exp(z_p - m) in e, for kl_sparse_grad_from_exp;
-// prefetching the next row, z_next, null for none);
+// against the base (or `first`, when the row's first pass is done), Z in a second (kStoreExp: storing
+// exp(z_p - m) in e, for kl_sparse_grad_from_exp; prefetching `next`);
 // then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
 // sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
 // that overflows), for a row whose target sums to S < 0 (a negative epsilon: P is the base's, summed for
@@ -379,18 +453,25 @@ template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
                                                                   const BaseSums& sums,
                                                                   const WindowTerms* min_terms, acc_t eps,
-                                                                  in_t* e, const in_t* z_next) {
+                                                                  in_t* e, const NextMaps<in_t>& next,
+                                                                  const FirstPass<acc_t>* first) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
   const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
   const auto unit_weight = [](int64_t) { return acc_t(1); };
-  const double z_sum = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
-                              : max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
+  double z_sum;
+  if (first) {
+    m = first->m;
+    z_sum = first->z_sum;
+  } else {
+    z_sum = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
+                   : max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
+  }
   if (!std::isfinite(z_sum)) return std::nullopt;
   double xz = t.base ? z_sum : static_cast<double>(eps) * z_sum;
-  double Z = 0;  // blocked as row_sum; the next row is prefetched meanwhile (prefetch_pixels)
+  double Z = 0;  // blocked as row_sum; the next maps are prefetched meanwhile
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
-    prefetch_pixels(z_next, p0, p1);
+    next.prefetch(p0, p1);
     acc_t zs = 0;
     HAL_SIMD_SUM(zs)
     for (int64_t p = p0; p < p1; ++p) {
@@ -508,16 +589,19 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
   });
 }
 
-// One task per sample: in mode 'max' the base built from its K windows; then info = on_sample(base,
-// scratch) (scratch: n doubles for the KL criterion in mode 'max', the caller's per sample), and
-// on_row(row, target, info) for its K rows.
-template <typename OnSample, typename OnRow>
-void for_each_sample(const Args& a, const RowWindows& windows, const OnSample& on_sample, const OnRow& on_row) {
+// One task per sample: start(b) (the forward's per-sample state); in mode 'max' the base built from its K
+// windows; then info = on_sample(base, scratch) (scratch: n doubles for the KL criterion in mode 'max',
+// the caller's per sample), and on_row(row, target, info) for its K rows (target: the row's window as
+// `windows` holds it when the sample starts; rows that find their own peak build their own).
+template <typename Start, typename OnSample, typename OnRow>
+void for_each_sample(const Args& a, const RowWindows& windows, const Start& start, const OnSample& on_sample,
+                     const OnRow& on_row) {
   const int64_t n = a.n();
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode && a.kl ? n : 0);
     std::vector<float> base(a.max_mode ? n : 0);
     for (int64_t b = b0; b < b1; ++b) {
+      start(b);
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
         for (int64_t k = 0; k < a.K; ++k) {
@@ -548,6 +632,25 @@ acc_t grad_divisor(const Args& a) {
   return a.mean ? static_cast<acc_t>(a.rows()) * row_div : row_div;
 }
 
+// The peaks {x, y} of rows [r0, r1) of y (a scalar_t map per row): each map's first argmax, placed by the
+// generator's rule.
+template <typename scalar_t>
+void find_peaks(const Args& a, const void* y, int64_t r0, int64_t r1, int64_t* peaks) {
+  const scalar_t* yp = static_cast<const scalar_t*>(y);
+  const int64_t n = a.n();
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t px = 0, py = 0;  // empty maps (H or W = 0) have no pixel to read
+    if (n > 0) {
+      const auto best = map_argmax(yp + r * n, n);
+      plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &px, &py);
+    }
+    peaks[2 * r] = px;
+    peaks[2 * r + 1] = py;
+  }
+}
+
+using FindPeaks = void (*)(const Args&, const void*, int64_t, int64_t, int64_t*);
+
 // The forward: (loss, peaks, stats). With `unit_grad` (float/double y_adv only), each row's gradient for
 // a unit incoming gradient is also written right after the row's forward, while the row is in cache: bit
 // for bit what the backward writes for grad = 1 (1 * w is w).
@@ -568,20 +671,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
   at::Tensor out = a.mean ? at::empty({}, y_adv.options().dtype(acc)) : at::empty({a.B, a.K}, y_adv.options().dtype(acc));
   int64_t* pk = peaks.mutable_data_ptr<int64_t>();
   if (unit_grad) *unit_grad = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks", [&] {
-    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t px = 0, py = 0;  // empty maps (H or W = 0) have no pixel to read
-        if (n > 0) {
-          const auto best = map_argmax(yp + r * n, n);
-          plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &px, &py);
-        }
-        pk[2 * r] = px;
-        pk[2 * r + 1] = py;
-      }
-    });
-  });
+  FindPeaks find_peaks_of = nullptr;  // y's dtype may differ from y_adv's
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks",
+                                  [&] { find_peaks_of = &find_peaks<scalar_t>; });
+  const void* yv = yc.const_data_ptr();
+  // The rows find their own peaks (mode 'min', KL, y of y_adv's dtype), or pass 1 finds them all.
+  const bool row_peaks = a.kl && !a.max_mode && yc.scalar_type() == z.scalar_type();
+  if (!row_peaks && n > 0) {
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) { find_peaks_of(a, yv, r0, r1, pk); });
+  }
   // Only the KL rows have statistics (and none without pixels): keep the output defined.
   if (n == 0 || !a.kl) stats.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_cpu", [&] {
@@ -593,14 +691,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
     const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     std::vector<acc_t> row(rows);
     auto run = [&](auto fast_tag) {
-      const RowWindows windows(a, pk, fast_tag);
-      std::optional<MinWindowTerms<acc_t>> min_terms;
-      if (a.kl && !a.max_mode) min_terms.emplace(windows, eps);
+      RowWindows windows(a, row_peaks ? nullptr : pk, fast_tag);
+      std::vector<std::optional<MinWindowTerms<acc_t>>> min_terms(a.kl && !a.max_mode ? a.B : 0);
+      const auto start_sample = [&](int64_t b) {
+        if (!min_terms.empty()) min_terms[b].emplace(eps);
+      };
       auto sample_sums = [&](const float* base, double* scratch) {
         return a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr};
       };
-      for_each_sample(a, windows, sample_sums, [&](int64_t r, const SparseTarget& t, const BaseSums& sums) {
+      for_each_sample(a, windows, start_sample, sample_sums, [&](int64_t r, const SparseTarget& sample_target,
+                                                                 const BaseSums& sums) {
         const scalar_t* zr = zp + r * n;
+        const scalar_t* yr = row_peaks ? static_cast<const scalar_t*>(yv) + r * n : nullptr;
+        std::optional<FirstPass<acc_t>> first;  // with the row's peak, when the row finds it
+        if (row_peaks) {
+          const auto [pass, best] = first_pass_and_peak<acc_t>(yr, zr, n);
+          first = pass;
+          plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &pk[2 * r], &pk[2 * r + 1]);
+          windows.set(r, pk[2 * r], pk[2 * r + 1]);
+        }
+        const SparseTarget t = row_peaks ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
         scalar_t* gr = gp ? gp + r * n : nullptr;  // this row's unit gradient, when asked for
         const acc_t scale = row_grad_scale(acc_t(1), wp, r, divisor);
         std::vector<float> dense;  // the dense target, for rows with a non-finite logit
@@ -611,11 +721,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         };
         acc_t v;
         if (a.kl) {
-          const scalar_t* z_next = r + 1 < rows ? zr + n : nullptr;
-          const WindowTerms* terms = min_terms ? &min_terms->of_row(r) : nullptr;
+          const NextMaps<scalar_t> next{r + 1 < rows ? zr + n : nullptr, yr && r + 1 < rows ? yr + n : nullptr};
+          const WindowTerms* terms = min_terms.empty() ? nullptr : &min_terms[r / a.K]->of(t.window);
+          const FirstPass<acc_t>* first_pass = first ? &*first : nullptr;
           std::optional<KLRowStats<acc_t>> k =
-              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, terms, eps, gr, z_next)
-                 : kl_sparse_forward<false, acc_t>(zr, n, t, sums, terms, eps, gr, z_next);
+              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, terms, eps, gr, next, first_pass)
+                 : kl_sparse_forward<false, acc_t>(zr, n, t, sums, terms, eps, gr, next, first_pass);
           if (k) {
             if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {
@@ -634,6 +745,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
       });
     };
     if (n == 0) {
+      find_peaks_of(a, yv, 0, rows, pk);
       for (int64_t r = 0; r < rows; ++r) row[r] = a.kl ? acc_t(0) : (wp ? acc_t(0) * wp[r] : acc_t(0));
     } else if (a.fast) {
       run(std::true_type{});
@@ -705,7 +817,7 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     auto run = [&](auto fast_tag) {
       const RowWindows windows(a, pp, fast_tag);
       const auto no_sample_info = [](const float*, double*) { return 0; };
-      for_each_sample(a, windows, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
+      for_each_sample(a, windows, [](int64_t) {}, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
         const acc_t scale = row_grad_scale(a.mean ? gp[0] : gp[r], wp, r, divisor);
         if (a.kl) {
           kl_sparse_grad<acc_t>(zp + r * n, n, t, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
