@@ -22,9 +22,11 @@
 // (_regression_disparity_with_grad), each row's while the row is in cache: MSE as the backward; KL from
 // the exp(z_p - max) that the loss's pass stored (kl_grad_from_exp: no second exp, a few ulp from the
 // backward's), rows with a non-finite logit as the backward.
-// The peaks: in mode 'min' with the KL criterion (y and y_adv of one dtype) each row finds its own in its
-// first pass, which reads its map of y together with its row of y_adv (a row's target needs its own peak
-// only), so that y is not read in a pass of its own; otherwise pass 1, one task per map, finds them all.
+// The peaks, with the KL criterion (y and y_adv of one dtype): each row's first pass reads a map of y
+// together with its row of y_adv and finds that map's peak, so that y is not read in a pass of its own.
+// In mode 'min' the map is the row's own (its target needs its own peak only); in mode 'max', where a
+// sample's rows need all K of its peaks first, it is the same keypoint's map in the task's next sample
+// (the task's first sample finds its K peaks on its own). Otherwise pass 1, one task per map, finds them.
 // The Gaussian values of every window offset, once per call (GaussianTable). Pass 2, one task per sample.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -328,25 +330,6 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
   return s;
 }
 
-// sum_p weight(p) z_p over the whole row, blocked, and the row's max in the same pass.
-template <typename acc_t, typename in_t, typename Weight>
-HAL_ROW_INLINE double max_and_weighted_sum(const in_t* z, int64_t n, const Weight& weight, acc_t* max_out) {
-  double total = 0;
-  acc_t m = *max_out;  // a plain variable: GCC does not vectorise a reduction into m[0]
-  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
-    acc_t s = 0;
-    HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
-    for (int64_t p = p0; p < p1; ++p) {
-      const acc_t v = static_cast<acc_t>(z[p]);
-      m = math::max_nan_ignoring<acc_t>(m, v);
-      s += weight(p) * v;
-    }
-    total += static_cast<double>(s);
-  });
-  *max_out = m;
-  return total;
-}
-
 // Mode 'min', KL criterion: a window's terms of S and P against base 0, dS = sum_q (x'_q - eps) and
 // dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on the window's values alone,
 // which are the same in every row whose window has the same offsets from its centre and the same extent
@@ -392,40 +375,52 @@ class MinWindowTerms {
   std::map<std::array<int64_t, 4>, WindowTerms> by_window_;
 };
 
-// A KL row's first pass: m = max_p z_p (NaN ignored) and sum_p z_p (blocked), the statistics that
-// max_and_weighted_sum gives against base 0.
+// A KL row's first pass over its row z of y_adv: m = max_p z_p (NaN ignored) and sum_p weight(p) z_p
+// (blocked; weight: base_p + eps, or 1 against base 0, where 1 * z_p is z_p exactly).
 template <typename acc_t>
 struct FirstPass {
   acc_t m;
   double z_sum;
 };
 
-// The first pass of a KL row in mode 'min' that also finds the row's peak: its map of y read with its
-// row of y_adv, in the blocks and sums of max_and_weighted_sum (bit for bit its m and sum), y's maximum
-// (NaN if any) alongside, then its first index (first_index_of_max, from L1): map_argmax's result.
-template <typename acc_t, typename in_t>
-HAL_ROW_INLINE std::pair<FirstPass<acc_t>, pseudo_label_math::ArgMax<acc_t>> first_pass_and_peak(const in_t* y,
-                                                                                                  const in_t* z,
-                                                                                                  int64_t n) {
+// The first pass; kPeak: a map of y (y_adv's dtype) is read alongside, and its first argmax returned in
+// *peak: y's maximum (NaN if any) in the pass, then its first index (first_index_of_max, from L1), which
+// is map_argmax's result. The map is the row's own (mode 'min') or the next sample's (mode 'max'), so
+// that y is not read in a pass of its own (see the top of the file).
+template <bool kPeak, typename acc_t, typename in_t, typename Weight>
+HAL_ROW_INLINE FirstPass<acc_t> first_pass(const in_t* z, int64_t n, const Weight& weight, const in_t* y = nullptr,
+                                           pseudo_label_math::ArgMax<acc_t>* peak = nullptr) {
   acc_t m = -std::numeric_limits<acc_t>::infinity(), ym = -std::numeric_limits<acc_t>::infinity();
   int32_t y_nan = 0;
   double total = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
-    HAL_PRAGMA(omp simd reduction(max : m, ym) reduction(+ : s) reduction(| : y_nan))
-    for (int64_t p = p0; p < p1; ++p) {
-      const acc_t v = static_cast<acc_t>(z[p]);
-      m = math::max_nan_ignoring<acc_t>(m, v);
-      s += acc_t(1) * v;
-      const acc_t u = static_cast<acc_t>(y[p]);
-      ym = u > ym ? u : ym;
-      y_nan |= static_cast<int32_t>(u != u);
+    if constexpr (kPeak) {
+      HAL_PRAGMA(omp simd reduction(max : m, ym) reduction(+ : s) reduction(| : y_nan))
+      for (int64_t p = p0; p < p1; ++p) {
+        const acc_t v = static_cast<acc_t>(z[p]);
+        m = math::max_nan_ignoring<acc_t>(m, v);
+        s += weight(p) * v;
+        const acc_t u = static_cast<acc_t>(y[p]);
+        ym = u > ym ? u : ym;
+        y_nan |= static_cast<int32_t>(u != u);
+      }
+    } else {
+      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
+      for (int64_t p = p0; p < p1; ++p) {
+        const acc_t v = static_cast<acc_t>(z[p]);
+        m = math::max_nan_ignoring<acc_t>(m, v);
+        s += weight(p) * v;
+      }
     }
     total += static_cast<double>(s);
   });
-  const bool nan = y_nan != 0;
-  const acc_t peak = nan ? static_cast<acc_t>(NAN) : ym;
-  return {{m, total}, {peak, first_index_of_max(y, n, peak, nan)}};
+  if constexpr (kPeak) {
+    const bool nan = y_nan != 0;
+    const acc_t y_max = nan ? static_cast<acc_t>(NAN) : ym;
+    *peak = {y_max, first_index_of_max(y, n, y_max, nan)};
+  }
+  return {m, total};
 }
 
 // What a KL row prefetches while it computes: its next row of y_adv, and of y when the row reads its map
@@ -441,9 +436,24 @@ struct NextMaps {
   }
 };
 
-// The KL row statistics of a row (see the top of the file): m and sum x'_p z_p in one pass over the row
-// against the base (or `first`, when the row's first pass is done), Z in a second (kStoreExp: storing
-// exp(z_p - m) in e, for kl_sparse_grad_from_exp; prefetching `next`);
+// A KL row's first pass against its sample's base (null: 0): sum_p x'_p z_p against the base is
+// sum_p (base_p + eps) z_p, or eps * sum_p z_p. With a map y, its first argmax in *peak (first_pass).
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE FirstPass<acc_t> kl_first_pass(const in_t* z, int64_t n, const float* base, acc_t eps,
+                                              const in_t* y,
+                                              pseudo_label_math::ArgMax<acc_t>* peak) {
+  const auto base_weight = [base, eps](int64_t p) { return static_cast<acc_t>(base[p]) + eps; };
+  const auto unit_weight = [](int64_t) { return acc_t(1); };
+  if (y) {
+    return base ? first_pass<true, acc_t>(z, n, base_weight, y, peak)
+                : first_pass<true, acc_t>(z, n, unit_weight, y, peak);
+  }
+  return base ? first_pass<false, acc_t>(z, n, base_weight) : first_pass<false, acc_t>(z, n, unit_weight);
+}
+
+// The KL row statistics of a row (see the top of the file) from its first pass (m and sum x'_p z_p
+// against the base): Z in a second pass (kStoreExp: storing exp(z_p - m) in e, for
+// kl_sparse_grad_from_exp; prefetching `next`);
 // then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
 // sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
 // that overflows), for a row whose target sums to S < 0 (a negative epsilon: P is the base's, summed for
@@ -451,22 +461,12 @@ struct NextMaps {
 // such a row takes the dense form.
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
+                                                                  const FirstPass<acc_t>& first,
                                                                   const BaseSums& sums,
                                                                   const WindowTerms* min_terms, acc_t eps,
-                                                                  in_t* e, const NextMaps<in_t>& next,
-                                                                  const FirstPass<acc_t>* first) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  // sum_p x'_p z_p against the base: sum_p (base_p + eps) z_p, or eps * sum_p z_p (1 * z is z exactly)
-  const auto base_weight = [&](int64_t p) { return static_cast<acc_t>(t.base[p]) + eps; };
-  const auto unit_weight = [](int64_t) { return acc_t(1); };
-  double z_sum;
-  if (first) {
-    m = first->m;
-    z_sum = first->z_sum;
-  } else {
-    z_sum = t.base ? max_and_weighted_sum<acc_t>(z, n, base_weight, &m)
-                   : max_and_weighted_sum<acc_t>(z, n, unit_weight, &m);
-  }
+                                                                  in_t* e, const NextMaps<in_t>& next) {
+  const acc_t m = first.m;
+  const double z_sum = first.z_sum;
   if (!std::isfinite(z_sum)) return std::nullopt;
   double xz = t.base ? z_sum : static_cast<double>(eps) * z_sum;
   double Z = 0;  // blocked as row_sum; the next maps are prefetched meanwhile
@@ -589,10 +589,18 @@ HAL_ROW_INLINE void mse_sparse_grad(const in_t* z, int64_t n, const SparseTarget
   });
 }
 
-// One task per sample: start(b) (the forward's per-sample state); in mode 'max' the base built from its K
-// windows; then info = on_sample(base, scratch) (scratch: n doubles for the KL criterion in mode 'max',
-// the caller's per sample), and on_row(row, target, info) for its K rows (target: the row's window as
-// `windows` holds it when the sample starts; rows that find their own peak build their own).
+// Sample b of a task's samples [b0, b1).
+struct TaskSample {
+  int64_t b, b0, b1;
+  bool first() const { return b == b0; }
+  bool has_next() const { return b + 1 < b1; }
+};
+
+// One task per range of samples, sample by sample: start(s) (the forward's per-sample state, its peaks when
+// the task's rows find them); in mode 'max' the base built from its K windows; then info = on_sample(base,
+// scratch, s) (scratch: n doubles for the KL criterion in mode 'max', the caller's per sample), and
+// on_row(row, target, info) for its K rows (target: the row's window as `windows` holds it when the sample
+// starts; rows that find their own peak build their own).
 template <typename Start, typename OnSample, typename OnRow>
 void for_each_sample(const Args& a, const RowWindows& windows, const Start& start, const OnSample& on_sample,
                      const OnRow& on_row) {
@@ -601,7 +609,8 @@ void for_each_sample(const Args& a, const RowWindows& windows, const Start& star
     std::vector<double> total(a.max_mode ? n : 0), scratch(a.max_mode && a.kl ? n : 0);
     std::vector<float> base(a.max_mode ? n : 0);
     for (int64_t b = b0; b < b1; ++b) {
-      start(b);
+      const TaskSample s{b, b0, b1};
+      start(s);
       if (a.max_mode) {
         std::fill(total.begin(), total.end(), 0.0);
         for (int64_t k = 0; k < a.K; ++k) {
@@ -616,7 +625,7 @@ void for_each_sample(const Args& a, const RowWindows& windows, const Start& star
         for (int64_t p = 0; p < n; ++p) base[p] = plm::clamp_false(total[p]);
       }
       const float* base_ptr = a.max_mode ? base.data() : nullptr;
-      const auto info = on_sample(base_ptr, scratch.data());
+      const auto info = on_sample(base_ptr, scratch.data(), s);
       for (int64_t k = 0; k < a.K; ++k) {
         const int64_t r = b * a.K + k;
         on_row(r, SparseTarget{base_ptr, a.max_mode ? total.data() : nullptr, windows[r]}, info);
@@ -651,6 +660,10 @@ void find_peaks(const Args& a, const void* y, int64_t r0, int64_t r1, int64_t* p
 
 using FindPeaks = void (*)(const Args&, const void*, int64_t, int64_t, int64_t*);
 
+// Where the forward's peaks come from (see the top of the file): pass 1; each KL row's first pass, for its
+// own map ('min'); or for the same keypoint's map in its task's next sample ('max').
+enum class PeakSource { kPass, kOwnRow, kNextSample };
+
 // The forward: (loss, peaks, stats). With `unit_grad` (float/double y_adv only), each row's gradient for
 // a unit incoming gradient is also written right after the row's forward, while the row is in cache: bit
 // for bit what the backward writes for grad = 1 (1 * w is w).
@@ -675,9 +688,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks",
                                   [&] { find_peaks_of = &find_peaks<scalar_t>; });
   const void* yv = yc.const_data_ptr();
-  // The rows find their own peaks (mode 'min', KL, y of y_adv's dtype), or pass 1 finds them all.
-  const bool row_peaks = a.kl && !a.max_mode && yc.scalar_type() == z.scalar_type();
-  if (!row_peaks && n > 0) {
+  // The KL rows find the peaks in their first passes (y of y_adv's dtype), or pass 1 finds them all.
+  const PeakSource source = !a.kl || yc.scalar_type() != z.scalar_type() ? PeakSource::kPass
+                            : a.max_mode                                  ? PeakSource::kNextSample
+                                                                          : PeakSource::kOwnRow;
+  if (source == PeakSource::kPass && n > 0) {
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) { find_peaks_of(a, yv, r0, r1, pk); });
   }
   // Only the KL rows have statistics (and none without pixels): keep the output defined.
@@ -685,61 +700,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "regression_disparity_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* yp = source == PeakSource::kPass ? nullptr : static_cast<const scalar_t*>(yv);
     const acc_t* wp = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     scalar_t* gp = unit_grad ? unit_grad->mutable_data_ptr<scalar_t>() : nullptr;
     const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     std::vector<acc_t> row(rows);
     auto run = [&](auto fast_tag) {
-      RowWindows windows(a, row_peaks ? nullptr : pk, fast_tag);
+      RowWindows windows(a, source == PeakSource::kPass ? pk : nullptr, fast_tag);
+      const auto set_peak = [&](int64_t r, int64_t index, acc_t value) {
+        plm::peak_position(index, value, a.W, /*max_rule=*/!a.fast, &pk[2 * r], &pk[2 * r + 1]);
+        windows.set(r, pk[2 * r], pk[2 * r + 1]);
+      };
       std::vector<std::optional<MinWindowTerms<acc_t>>> min_terms(a.kl && !a.max_mode ? a.B : 0);
-      const auto start_sample = [&](int64_t b) {
-        if (!min_terms.empty()) min_terms[b].emplace(eps);
-      };
-      auto sample_sums = [&](const float* base, double* scratch) {
-        return a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr};
-      };
-      for_each_sample(a, windows, start_sample, sample_sums, [&](int64_t r, const SparseTarget& sample_target,
-                                                                 const BaseSums& sums) {
-        const scalar_t* zr = zp + r * n;
-        const scalar_t* yr = row_peaks ? static_cast<const scalar_t*>(yv) + r * n : nullptr;
-        std::optional<FirstPass<acc_t>> first;  // with the row's peak, when the row finds it
-        if (row_peaks) {
-          const auto [pass, best] = first_pass_and_peak<acc_t>(yr, zr, n);
-          first = pass;
-          plm::peak_position(best.index, best.value, a.W, /*max_rule=*/!a.fast, &pk[2 * r], &pk[2 * r + 1]);
-          windows.set(r, pk[2 * r], pk[2 * r + 1]);
+      const auto start_sample = [&](TaskSample s) {
+        if (!min_terms.empty()) min_terms[s.b].emplace(eps);
+        if (source == PeakSource::kNextSample && s.first()) {  // no earlier sample of the task found these
+          find_peaks_of(a, yv, s.b * a.K, (s.b + 1) * a.K, pk);
+          for (int64_t r = s.b * a.K; r < (s.b + 1) * a.K; ++r) windows.set(r, pk[2 * r], pk[2 * r + 1]);
         }
-        const SparseTarget t = row_peaks ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
+      };
+      struct SampleInfo {
+        BaseSums sums;
+        bool has_next;  // whether the task's next sample follows this one
+      };
+      auto on_sample = [&](const float* base, double* scratch, TaskSample s) {
+        return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr}, s.has_next()};
+      };
+      for_each_sample(a, windows, start_sample, on_sample, [&](int64_t r, const SparseTarget& sample_target,
+                                                               const SampleInfo& info) {
+        const scalar_t* zr = zp + r * n;
         scalar_t* gr = gp ? gp + r * n : nullptr;  // this row's unit gradient, when asked for
         const acc_t scale = row_grad_scale(acc_t(1), wp, r, divisor);
         std::vector<float> dense;  // the dense target, for rows with a non-finite logit
-        const auto dense_target = [&] {
+        const auto dense_target = [&](const SparseTarget& t) {
           dense.resize(n);
           build_target(dense.data(), t, n);
           return dense.data();
         };
         acc_t v;
         if (a.kl) {
-          const NextMaps<scalar_t> next{r + 1 < rows ? zr + n : nullptr, yr && r + 1 < rows ? yr + n : nullptr};
+          // The map of y whose peak the row's first pass finds: its own, the same keypoint's in the task's
+          // next sample, or none (-1).
+          const int64_t peak_row = source == PeakSource::kOwnRow                     ? r
+                                   : source == PeakSource::kNextSample && info.has_next ? r + a.K
+                                                                                        : -1;
+          const scalar_t* yr = peak_row >= 0 ? yp + peak_row * n : nullptr;
+          plm::ArgMax<acc_t> best{};
+          const FirstPass<acc_t> first = kl_first_pass<acc_t>(zr, n, sample_target.base, eps, yr, &best);
+          if (yr) set_peak(peak_row, best.index, best.value);
+          const SparseTarget t =
+              source == PeakSource::kOwnRow ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
+          const NextMaps<scalar_t> next{r + 1 < rows ? zr + n : nullptr, yr && peak_row + 1 < rows ? yr + n : nullptr};
           const WindowTerms* terms = min_terms.empty() ? nullptr : &min_terms[r / a.K]->of(t.window);
-          const FirstPass<acc_t>* first_pass = first ? &*first : nullptr;
           std::optional<KLRowStats<acc_t>> k =
-              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, sums, terms, eps, gr, next, first_pass)
-                 : kl_sparse_forward<false, acc_t>(zr, n, t, sums, terms, eps, gr, next, first_pass);
+              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next)
+                 : kl_sparse_forward<false, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next);
           if (k) {
             if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {
-            k = kl_row_forward<acc_t>(zr, dense_target(), n, eps);
+            k = kl_row_forward<acc_t>(zr, dense_target(t), n, eps);
             if (gr) kl_sparse_grad<acc_t>(zr, n, t, eps, k->lse, k->S, scale, gr);
           }
           v = k->loss;
           st[2 * r] = k->lse;
           st[2 * r + 1] = k->S;
         } else {
+          const SparseTarget& t = sample_target;
           const double s =
               gr ? mse_sparse_sum<true, acc_t>(zr, n, t, scale, gr) : mse_sparse_sum<false, acc_t>(zr, n, t);
-          v = std::isfinite(s) ? static_cast<acc_t>(s) : mse_row_sum<acc_t>(zr, dense_target(), n);
+          v = std::isfinite(s) ? static_cast<acc_t>(s) : mse_row_sum<acc_t>(zr, dense_target(t), n);
         }
         row[r] = wp ? v * wp[r] : v;
       });
@@ -816,8 +846,8 @@ at::Tensor regression_disparity_backward_cpu(const at::Tensor& grad, const at::T
     const acc_t eps = static_cast<acc_t>(epsilon), divisor = grad_divisor<acc_t>(a);
     auto run = [&](auto fast_tag) {
       const RowWindows windows(a, pp, fast_tag);
-      const auto no_sample_info = [](const float*, double*) { return 0; };
-      for_each_sample(a, windows, [](int64_t) {}, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
+      const auto no_sample_info = [](const float*, double*, TaskSample) { return 0; };
+      for_each_sample(a, windows, [](TaskSample) {}, no_sample_info, [&](int64_t r, const SparseTarget& t, int) {
         const acc_t scale = row_grad_scale(a.mean ? gp[0] : gp[r], wp, r, divisor);
         if (a.kl) {
           kl_sparse_grad<acc_t>(zp + r * n, n, t, eps, sp[2 * r], sp[2 * r + 1], scale, o + r * n);
