@@ -333,7 +333,7 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
 // Mode 'min', KL criterion: a window's terms of S and P against base 0, dS = sum_q (x'_q - eps) and
 // dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on the window's values alone,
 // which are the same in every row whose window has the same offsets from its centre and the same extent
-// (every unclipped window): MinWindowTerms evaluates them once per distinct window of a sample, and
+// (every unclipped window): MinWindowTerms evaluates them once per distinct window of a task, and
 // kl_sparse_forward reads them.
 struct WindowTerms {
   double dS, dP;
@@ -356,8 +356,8 @@ HAL_ROW_INLINE WindowTerms min_window_terms(const Window& w, acc_t eps) {
   return {lanes_total(dS), lanes_total(dP)};
 }
 
-// The terms of each distinct window, evaluated when a row first asks for them; one per sample, so that no
-// two threads share one.
+// The terms of each distinct window, evaluated when a row first asks for them; one per parallel task, so
+// that no two threads share one.
 template <typename acc_t>
 class MinWindowTerms {
  public:
@@ -712,9 +712,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         plm::peak_position(index, value, a.W, /*max_rule=*/!a.fast, &pk[2 * r], &pk[2 * r + 1]);
         windows.set(r, pk[2 * r], pk[2 * r + 1]);
       };
+      // The window terms of each task (mode 'min', KL), by the task's first sample.
       std::vector<std::optional<MinWindowTerms<acc_t>>> min_terms(a.kl && !a.max_mode ? a.B : 0);
       const auto start_sample = [&](TaskSample s) {
-        if (!min_terms.empty()) min_terms[s.b].emplace(eps);
+        if (!min_terms.empty() && s.first()) min_terms[s.b].emplace(eps);
         if (source == PeakSource::kNextSample && s.first()) {  // no earlier sample of the task found these
           find_peaks_of(a, yv, s.b * a.K, (s.b + 1) * a.K, pk);
           for (int64_t r = s.b * a.K; r < (s.b + 1) * a.K; ++r) windows.set(r, pk[2 * r], pk[2 * r + 1]);
@@ -723,9 +724,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
       struct SampleInfo {
         BaseSums sums;
         bool has_next;  // whether the task's next sample follows this one
+        MinWindowTerms<acc_t>* min_terms;  // the task's (null: none)
       };
       auto on_sample = [&](const float* base, double* scratch, TaskSample s) {
-        return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr}, s.has_next()};
+        return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr}, s.has_next(),
+                          min_terms.empty() ? nullptr : &*min_terms[s.b0]};
       };
       for_each_sample(a, windows, start_sample, on_sample, [&](int64_t r, const SparseTarget& sample_target,
                                                                const SampleInfo& info) {
@@ -752,7 +755,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
           const SparseTarget t =
               source == PeakSource::kOwnRow ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
           const NextMaps<scalar_t> next{r + 1 < rows ? zr + n : nullptr, yr && peak_row + 1 < rows ? yr + n : nullptr};
-          const WindowTerms* terms = min_terms.empty() ? nullptr : &min_terms[r / a.K]->of(t.window);
+          const WindowTerms* terms = info.min_terms ? &info.min_terms->of(t.window) : nullptr;
           std::optional<KLRowStats<acc_t>> k =
               gr ? kl_sparse_forward<true, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next)
                  : kl_sparse_forward<false, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next);
