@@ -152,6 +152,38 @@ def test_deterministic(device):
         assert torch.equal(g1, torch.autograd.grad(again, [y_adv])[0])
 
 
+@pytest.mark.parametrize("gen_kind", ["truncated", "fast"])
+@pytest.mark.parametrize("crit_kind", ["kl", "mse"])
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_thread_count_does_not_change_results(gen_kind, crit_kind, mode):
+    """The CPU kernel splits the samples into one task per thread, and with the KL criterion the rows find
+    the peaks (mode 'max': the task's next sample's, its first sample its own): every split gives the
+    same bits, with and without the gradient."""
+    g = torch.Generator().manual_seed(9)
+    B, K, H, W = 7, 5, 20, 24
+    y = torch.randn(B, K, H, W, generator=g)
+    y[3, 1, 0, 0] = y[6, 4, H - 1, W - 1] = 9.0  # peaks in corners: clipped windows
+    y_adv = torch.randn(B, K, H, W, generator=g)
+    weight = torch.rand(B, K, generator=g)
+    module = RegressionDisparity(make_generator(gen_kind, K, H, W, 2.0), make_criterion(crit_kind, "none", 1e-7))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            leaf = y_adv.clone().requires_grad_()
+            loss = module(y, leaf, weight, mode=mode)
+            (grad,) = torch.autograd.grad(loss.sum(), [leaf])
+            with torch.no_grad():
+                plain = module(y, leaf, weight, mode=mode)
+            results.append((loss.detach(), grad, plain))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for first, again in zip(results[0], other):
+            assert torch.equal(first, again)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     g = torch.Generator().manual_seed(5)
