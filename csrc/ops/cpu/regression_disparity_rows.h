@@ -158,8 +158,7 @@ struct NextMaps {
 // sum_p (base_p + eps) z_p, or eps * sum_p z_p. With a map y, its first argmax in *peak (first_pass).
 template <typename acc_t, typename in_t>
 HAL_ROW_INLINE FirstPass<acc_t> kl_first_pass(const in_t* z, int64_t n, const float* base, acc_t eps,
-                                              const in_t* y,
-                                              pseudo_label_math::ArgMax<acc_t>* peak) {
+                                              const in_t* y, pseudo_label_math::ArgMax<acc_t>* peak) {
   const auto base_weight = [base, eps](int64_t p) { return static_cast<acc_t>(base[p]) + eps; };
   const auto unit_weight = [](int64_t) { return acc_t(1); };
   if (y) {
