@@ -190,17 +190,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         if (!min_terms.empty() && s.first()) min_terms[s.b].emplace(eps);
         if (source == PeakSource::kNextSample && s.first()) {  // no earlier sample of the task found these
           find_peaks_of(a, yv, s.b * a.K, (s.b + 1) * a.K, pk);
-          for (int64_t r = s.b * a.K; r < (s.b + 1) * a.K; ++r) windows.set(r, pk[2 * r], pk[2 * r + 1]);
+          windows.set_rows(pk, s.b * a.K, (s.b + 1) * a.K);
         }
       };
       struct SampleInfo {
         BaseSums sums;
         bool has_next;  // whether the task's next sample follows this one
         MinWindowTerms<acc_t>* min_terms;  // the task's (null: none)
+        int64_t task_end;  // the row after the task's last
       };
       auto on_sample = [&](const float* base, double* scratch, TaskSample s) {
         return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr}, s.has_next(),
-                          min_terms.empty() ? nullptr : &*min_terms[s.b0]};
+                          min_terms.empty() ? nullptr : &*min_terms[s.b0], s.b1 * a.K};
       };
       for_each_sample(a, windows, start_sample, on_sample, [&](int64_t r, const SparseTarget& sample_target,
                                                                const SampleInfo& info) {
@@ -226,7 +227,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
           if (yr) set_peak(peak_row, best.index, best.value);
           const SparseTarget t =
               source == PeakSource::kOwnRow ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
-          const NextMaps<scalar_t> next{r + 1 < rows ? zr + n : nullptr, yr && peak_row + 1 < rows ? yr + n : nullptr};
+          // The next row of the task, and the map of y it reads: none past the task's end (another task's).
+          const NextMaps<scalar_t> next{r + 1 < info.task_end ? zr + n : nullptr,
+                                        yr && peak_row + 1 < info.task_end ? yr + n : nullptr};
           const WindowTerms* terms = info.min_terms ? &info.min_terms->of(t.window) : nullptr;
           std::optional<KLRowStats<acc_t>> k =
               gr ? kl_sparse_forward<true, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next)

@@ -132,7 +132,7 @@ class RowWindows {
       table_ = GaussianTable::for_any_peak<kFast>(a, den);
       return;
     }
-    for (int64_t r = 0; r < a.rows(); ++r) set(r, peaks[2 * r], peaks[2 * r + 1]);
+    set_rows(peaks, 0, a.rows());
     table_ = GaussianTable::build<kFast>(windows_, den);
   }
   RowWindows(const RowWindows&) = delete;  // the windows point to table_
@@ -140,6 +140,10 @@ class RowWindows {
 
   void set(int64_t r, int64_t x, int64_t y) {
     windows_[r] = {axis_of(a_, x, a_.W), axis_of(a_, y, a_.H), &table_, a_.W};
+  }
+  // Rows [r0, r1) from their peaks (peaks: {x, y} of every row).
+  void set_rows(const int64_t* peaks, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) set(r, peaks[2 * r], peaks[2 * r + 1]);
   }
   const Window& operator[](int64_t r) const { return windows_[r]; }
   int64_t rows() const { return static_cast<int64_t>(windows_.size()); }
