@@ -65,7 +65,6 @@ using regression_disparity_args::check_args;
 struct TaskSample {
   int64_t b, b0, b1;
   bool first() const { return b == b0; }
-  bool has_next() const { return b + 1 < b1; }
 };
 
 // One task per range of samples, sample by sample: start(s) (the forward's per-sample state, its peaks when
@@ -195,12 +194,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
       };
       struct SampleInfo {
         BaseSums sums;
-        bool has_next;  // whether the task's next sample follows this one
         MinWindowTerms<acc_t>* min_terms;  // the task's (null: none)
         int64_t task_end;  // the row after the task's last
       };
       auto on_sample = [&](const float* base, double* scratch, TaskSample s) {
-        return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr}, s.has_next(),
+        return SampleInfo{a.kl ? base_sums<acc_t>(base, n, eps, scratch) : BaseSums{0, 0, nullptr},
                           min_terms.empty() ? nullptr : &*min_terms[s.b0], s.b1 * a.K};
       };
       for_each_sample(a, windows, start_sample, on_sample, [&](int64_t r, const SparseTarget& sample_target,
@@ -217,10 +215,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         acc_t v;
         if (a.kl) {
           // The map of y whose peak the row's first pass finds: its own, the same keypoint's in the task's
-          // next sample, or none (-1).
-          const int64_t peak_row = source == PeakSource::kOwnRow                     ? r
-                                   : source == PeakSource::kNextSample && info.has_next ? r + a.K
-                                                                                        : -1;
+          // next sample (when the task has one), or none (-1).
+          const int64_t peak_row = source == PeakSource::kOwnRow                                  ? r
+                                   : source == PeakSource::kNextSample && r + a.K < info.task_end ? r + a.K
+                                                                                                    : -1;
           const scalar_t* yr = peak_row >= 0 ? yp + peak_row * n : nullptr;
           plm::ArgMax<acc_t> best{};
           const FirstPass<acc_t> first = kl_first_pass<acc_t>(zr, n, sample_target.base, eps, yr, &best);
