@@ -22,7 +22,7 @@
 // (_regression_disparity_with_grad), each row's while the row is in cache: MSE as the backward; KL from
 // the exp(z_p - max) that the loss's pass stored (kl_grad_from_exp: no second exp, a few ulp from the
 // backward's), rows with a non-finite logit as the backward.
-// The peaks, with the KL criterion (y and y_adv of one dtype): each row's first pass reads a map of y
+// The peaks, with the KL criterion (y and y_adv of one dtype): each row's exp pass reads a map of y
 // together with its row of y_adv and finds that map's peak, so that y is not read in a pass of its own.
 // In mode 'min' the map is the row's own (its target needs its own peak only); in mode 'max', where a
 // sample's rows need all K of its peaks first, it is the same keypoint's map in the task's next sample
@@ -131,7 +131,7 @@ void find_peaks(const Args& a, const void* y, int64_t r0, int64_t r1, int64_t* p
 
 using FindPeaks = void (*)(const Args&, const void*, int64_t, int64_t, int64_t*);
 
-// Where the forward's peaks come from (see the top of the file): pass 1; each KL row's first pass, for its
+// Where the forward's peaks come from (see the top of the file): pass 1; each KL row's exp pass, for its
 // own map ('min'); or for the same keypoint's map in its task's next sample ('max').
 enum class PeakSource { kPass, kOwnRow, kNextSample };
 
@@ -159,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yc.scalar_type(), "regression_disparity_peaks",
                                   [&] { find_peaks_of = &find_peaks<scalar_t>; });
   const void* yv = yc.const_data_ptr();
-  // The KL rows find the peaks in their first passes (y of y_adv's dtype), or pass 1 finds them all.
+  // The KL rows find the peaks in their exp passes (y of y_adv's dtype), or pass 1 finds them all.
   const PeakSource source = !a.kl || yc.scalar_type() != z.scalar_type() ? PeakSource::kPass
                             : a.max_mode                                  ? PeakSource::kNextSample
                                                                           : PeakSource::kOwnRow;
@@ -214,24 +214,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& y, cons
         };
         acc_t v;
         if (a.kl) {
-          // The map of y whose peak the row's first pass finds: its own, the same keypoint's in the task's
+          // The map of y whose peak the row's exp pass finds: its own, the same keypoint's in the task's
           // next sample (when the task has one), or none (-1).
           const int64_t peak_row = source == PeakSource::kOwnRow                                  ? r
                                    : source == PeakSource::kNextSample && r + a.K < info.task_end ? r + a.K
                                                                                                     : -1;
           const scalar_t* yr = peak_row >= 0 ? yp + peak_row * n : nullptr;
-          plm::ArgMax<acc_t> best{};
-          const FirstPass<acc_t> first = kl_first_pass<acc_t>(zr, n, sample_target.base, eps, yr, &best);
-          if (yr) set_peak(peak_row, best.index, best.value);
-          const SparseTarget t =
-              source == PeakSource::kOwnRow ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
+          const FirstPass<acc_t> first = kl_first_pass<acc_t>(zr, n, sample_target.base, eps);
           // The next row of the task, and the map of y it reads: none past the task's end (another task's).
           const NextMaps<scalar_t> next{r + 1 < info.task_end ? zr + n : nullptr,
                                         yr && peak_row + 1 < info.task_end ? yr + n : nullptr};
+          // A non-finite logit makes sum x'_p z_p non-finite: no exp pass, the dense form below.
+          const bool finite = std::isfinite(first.z_sum);
+          plm::ArgMax<acc_t> best{};
+          double Z = 0;
+          if (finite) {
+            Z = gr ? kl_exp_pass<true, acc_t>(zr, n, first.m, gr, next, yr, &best)
+                   : kl_exp_pass<false, acc_t>(zr, n, first.m, gr, next, yr, &best);
+          } else if (yr) {
+            best = map_argmax(yr, n);
+          }
+          if (yr) set_peak(peak_row, best.index, best.value);
+          const SparseTarget t =
+              source == PeakSource::kOwnRow ? SparseTarget{nullptr, nullptr, windows[r]} : sample_target;
           const WindowTerms* terms = info.min_terms ? &info.min_terms->of(t.window) : nullptr;
-          std::optional<KLRowStats<acc_t>> k =
-              gr ? kl_sparse_forward<true, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next)
-                 : kl_sparse_forward<false, acc_t>(zr, n, t, first, info.sums, terms, eps, gr, next);
+          std::optional<KLRowStats<acc_t>> k;
+          if (finite) k = kl_sparse_stats<acc_t>(zr, n, t, first, Z, info.sums, terms, eps);
           if (k) {
             if (gr) kl_sparse_grad_from_exp<acc_t>(n, t, eps, *k, scale, gr);
           } else {

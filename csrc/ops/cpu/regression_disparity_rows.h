@@ -1,7 +1,8 @@
 #pragma once
 // One (b, k) row of the fused regression disparity on the CPU (math at the top of
-// regression_disparity_kernel.cpp): the MSE row in one pass; the KL row's first pass (with the peak of a
-// map of y), its statistics from the base's sums and its window's terms, and its gradient rows.
+// regression_disparity_kernel.cpp): the MSE row in one pass; the KL row's first pass, its exp pass (with
+// the peak of a map of y), its statistics from the base's sums and its window's terms, and its gradient
+// rows.
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -52,7 +53,7 @@ HAL_ROW_INLINE double mse_sparse_sum(const in_t* z, int64_t n, const SparseTarge
 // dP = sum_q (xlogx(x'_q) - xlogx(eps)) with x'_q = G(q) + eps. They depend on the window's values alone,
 // which are the same in every row whose window has the same offsets from its centre and the same extent
 // (every unclipped window): MinWindowTerms evaluates them once per distinct window of a task, and
-// kl_sparse_forward reads them.
+// kl_sparse_stats reads them.
 struct WindowTerms {
   double dS, dP;
 };
@@ -93,56 +94,40 @@ class MinWindowTerms {
   std::map<std::array<int64_t, 4>, WindowTerms> by_window_;
 };
 
-// A KL row's first pass over its row z of y_adv: m = max_p z_p (NaN ignored) and sum_p weight(p) z_p
-// (blocked; weight: base_p + eps, or 1 against base 0, where 1 * z_p is z_p exactly).
+// A KL row's first pass over its row z of y_adv: m = max_p z_p (NaN ignored) and sum_p x'_p z_p against
+// its sample's base (null: 0), which is sum_p (base_p + eps) z_p, or eps * sum_p z_p (blocked; against
+// base 0 the weight is 1, and 1 * z_p is z_p exactly).
 template <typename acc_t>
 struct FirstPass {
   acc_t m;
   double z_sum;
 };
 
-// The first pass; kPeak: a map of y (y_adv's dtype) is read alongside, and its first argmax returned in
-// *peak: y's maximum (NaN if any) in the pass, then its first index (first_index_of_max, from L1), which
-// is map_argmax's result. The map is the row's own (mode 'min') or the next sample's (mode 'max'), so
-// that y is not read in a pass of its own (see the top of the file).
-template <bool kPeak, typename acc_t, typename in_t, typename Weight>
-HAL_ROW_INLINE FirstPass<acc_t> first_pass(const in_t* z, int64_t n, const Weight& weight, const in_t* y = nullptr,
-                                           pseudo_label_math::ArgMax<acc_t>* peak = nullptr) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity(), ym = -std::numeric_limits<acc_t>::infinity();
-  int32_t y_nan = 0;
+template <typename acc_t, typename in_t, typename Weight>
+HAL_ROW_INLINE FirstPass<acc_t> first_pass(const in_t* z, int64_t n, const Weight& weight) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
   double total = 0;
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     acc_t s = 0;
-    if constexpr (kPeak) {
-      HAL_PRAGMA(omp simd reduction(max : m, ym) reduction(+ : s) reduction(| : y_nan))
-      for (int64_t p = p0; p < p1; ++p) {
-        const acc_t v = static_cast<acc_t>(z[p]);
-        m = math::max_nan_ignoring<acc_t>(m, v);
-        s += weight(p) * v;
-        const acc_t u = static_cast<acc_t>(y[p]);
-        ym = u > ym ? u : ym;
-        y_nan |= static_cast<int32_t>(u != u);
-      }
-    } else {
-      HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
-      for (int64_t p = p0; p < p1; ++p) {
-        const acc_t v = static_cast<acc_t>(z[p]);
-        m = math::max_nan_ignoring<acc_t>(m, v);
-        s += weight(p) * v;
-      }
+    HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t v = static_cast<acc_t>(z[p]);
+      m = math::max_nan_ignoring<acc_t>(m, v);
+      s += weight(p) * v;
     }
     total += static_cast<double>(s);
   });
-  if constexpr (kPeak) {
-    const bool nan = y_nan != 0;
-    const acc_t y_max = nan ? static_cast<acc_t>(NAN) : ym;
-    *peak = {y_max, first_index_of_max(y, n, y_max, nan)};
-  }
   return {m, total};
 }
 
-// What a KL row prefetches while it computes: its next row of y_adv, and of y when the row reads its map
-// of y in its first pass (null: none).
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE FirstPass<acc_t> kl_first_pass(const in_t* z, int64_t n, const float* base, acc_t eps) {
+  if (base) return first_pass<acc_t>(z, n, [base, eps](int64_t p) { return static_cast<acc_t>(base[p]) + eps; });
+  return first_pass<acc_t>(z, n, [](int64_t) { return acc_t(1); });
+}
+
+// What a KL row prefetches while it computes: its next row of y_adv, and the map of y that row reads
+// (null: none).
 template <typename in_t>
 struct NextMaps {
   const in_t* z = nullptr;
@@ -154,50 +139,61 @@ struct NextMaps {
   }
 };
 
-// A KL row's first pass against its sample's base (null: 0): sum_p x'_p z_p against the base is
-// sum_p (base_p + eps) z_p, or eps * sum_p z_p. With a map y, its first argmax in *peak (first_pass).
-template <typename acc_t, typename in_t>
-HAL_ROW_INLINE FirstPass<acc_t> kl_first_pass(const in_t* z, int64_t n, const float* base, acc_t eps,
-                                              const in_t* y, pseudo_label_math::ArgMax<acc_t>* peak) {
-  const auto base_weight = [base, eps](int64_t p) { return static_cast<acc_t>(base[p]) + eps; };
-  const auto unit_weight = [](int64_t) { return acc_t(1); };
-  if (y) {
-    return base ? first_pass<true, acc_t>(z, n, base_weight, y, peak)
-                : first_pass<true, acc_t>(z, n, unit_weight, y, peak);
-  }
-  return base ? first_pass<false, acc_t>(z, n, base_weight) : first_pass<false, acc_t>(z, n, unit_weight);
-}
-
-// The KL row statistics of a row (see the top of the file) from its first pass (m and sum x'_p z_p
-// against the base): Z in a second pass (kStoreExp: storing exp(z_p - m) in e, for
-// kl_sparse_grad_from_exp; prefetching `next`);
-// then the window's terms exchanged for its own in sum x'_p z_p, and in S and P (the sample's base
-// sums). None for a row with a non-finite logit, which makes sum x'_p z_p non-finite (as does a sum
-// that overflows), for a row whose target sums to S < 0 (a negative epsilon: P is the base's, summed for
-// S > 0, see kl_row_loss_from_sums), and for a row whose loss from its sums is not finite (kl_pixel_sum):
-// such a row takes the dense form.
+// A finite KL row's exp pass: Z = sum_p exp(z_p - m) (blocked as row_sum; kStoreExp: each exp stored in e,
+// for kl_sparse_grad_from_exp), prefetching `next`. With a map y (y_adv's dtype), its first argmax in
+// *peak, map_argmax's result: y's maximum (NaN if any) in the pass, then its first index from L1
+// (first_index_of_max). The map is the row's own (mode 'min') or the same keypoint's in the task's next
+// sample (mode 'max'): y is read in this pass, which waits on memory anyway, rather than in the first
+// pass or a pass of its own (see the top of the file).
 template <bool kStoreExp, typename acc_t, typename in_t>
-HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_forward(const in_t* z, int64_t n, const SparseTarget& t,
-                                                                  const FirstPass<acc_t>& first,
-                                                                  const BaseSums& sums,
-                                                                  const WindowTerms* min_terms, acc_t eps,
-                                                                  in_t* e, const NextMaps<in_t>& next) {
-  const acc_t m = first.m;
-  const double z_sum = first.z_sum;
-  if (!std::isfinite(z_sum)) return std::nullopt;
-  double xz = t.base ? z_sum : static_cast<double>(eps) * z_sum;
-  double Z = 0;  // blocked as row_sum; the next maps are prefetched meanwhile
+HAL_ROW_INLINE double kl_exp_pass(const in_t* z, int64_t n, acc_t m, in_t* e, const NextMaps<in_t>& next,
+                                  const in_t* y, pseudo_label_math::ArgMax<acc_t>* peak) {
+  double Z = 0;
+  acc_t ym = -std::numeric_limits<acc_t>::infinity();
+  int32_t y_nan = 0;
+  const auto exp_term = [&](int64_t p) {
+    const acc_t ep = hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
+    if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
+    return ep;
+  };
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     next.prefetch(p0, p1);
     acc_t zs = 0;
-    HAL_SIMD_SUM(zs)
-    for (int64_t p = p0; p < p1; ++p) {
-      const acc_t ep = hal_exp_nonpositive(static_cast<acc_t>(z[p]) - m);
-      if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
-      zs += ep;
+    if (y) {
+      HAL_PRAGMA(omp simd reduction(+ : zs) reduction(max : ym) reduction(| : y_nan))
+      for (int64_t p = p0; p < p1; ++p) {
+        zs += exp_term(p);
+        const acc_t u = static_cast<acc_t>(y[p]);
+        ym = u > ym ? u : ym;
+        y_nan |= static_cast<int32_t>(u != u);
+      }
+    } else {
+      HAL_SIMD_SUM(zs)
+      for (int64_t p = p0; p < p1; ++p) zs += exp_term(p);
     }
     Z += static_cast<double>(zs);
   });
+  if (y) {
+    const bool nan = y_nan != 0;
+    const acc_t y_max = nan ? static_cast<acc_t>(NAN) : ym;
+    *peak = {y_max, first_index_of_max(y, n, y_max, nan)};
+  }
+  return Z;
+}
+
+// The KL row statistics of a finite row (see the top of the file) from its first pass (m and sum x'_p z_p
+// against the base) and its exp pass (Z): the window's terms exchanged for its own in sum x'_p z_p, and in
+// S and P (the sample's base sums). None for a row whose target sums to S < 0 (a negative epsilon: P is
+// the base's, summed for S > 0, see kl_row_loss_from_sums), and for a row whose loss from its sums is not
+// finite (kl_pixel_sum): such a row takes the dense form, as does a row with a non-finite logit (which
+// makes sum x'_p z_p non-finite, as does a sum that overflows: the caller skips the exp pass).
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_stats(const in_t* z, int64_t n, const SparseTarget& t,
+                                                                const FirstPass<acc_t>& first, double Z,
+                                                                const BaseSums& sums,
+                                                                const WindowTerms* min_terms, acc_t eps) {
+  const acc_t m = first.m;
+  double xz = t.base ? first.z_sum : static_cast<double>(eps) * first.z_sum;
   // The window's terms exchanged for its own: dS and dP (mode 'min': min_terms), and dxz.
   double dS = 0, dP = 0;
   WindowLanes dxz = {};
@@ -266,7 +262,7 @@ HAL_ROW_INLINE void kl_sparse_grad(const in_t* z, int64_t n, const SparseTarget&
   });
 }
 
-// The gradient row of a finite row from the exp(z_p - M) that kl_sparse_forward<true> left in out
+// The gradient row of a finite row from the exp(z_p - M) that kl_exp_pass<true> left in out
 // (kl_grad_from_exp): the window's pixels first, against the row's own target, then the ranges off the
 // window against the base.
 template <typename acc_t, typename in_t>
