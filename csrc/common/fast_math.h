@@ -60,9 +60,10 @@ HAL_HOST_DEVICE float hal_exp(float x) {
 #endif
 }
 
-// hal_exp for arguments x <= 0 or NaN (softmax terms z - max z, z - logsumexp): the same values bit
-// for bit (multiplying by the two halves of 2^n is exact there), without the overflow path, and 2^n
-// in one step (n >= -126).
+// hal_exp for arguments x <= 0 or NaN (softmax terms z - max z, z - logsumexp), and x up to 88 (n <=
+// 127: the KL rows' terms against a shift below the row's maximum, joints_loss_rows.h): the same values
+// bit for bit (multiplying by the two halves of 2^n is exact there), without the overflow path, and 2^n
+// in one step (-126 <= n <= 127).
 HAL_HOST_DEVICE float hal_exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);

@@ -1,7 +1,8 @@
 // CPU kernels of hal_ext::joints_mse_loss and hal_ext::joints_kl_loss (math in joints_loss_math.h).
 // One (b, k) row of H*W pixels per task, row losses combined in row order (deterministic).
 //   MSE: row = w * sum 0.5 (z - x)^2;  KL: row = w * sum [xlogy(t, t) - t log_softmax(z)], t = (x + eps) / S
-//   (the KL row from its sums, kl_row_loss_from_sums: the log only at pixels whose target is not 0)
+//   (the KL row from its sums, kl_row_loss_from_sums: the log only at pixels whose target is not 0; the
+//   sums in one pass against a shift below the row's maximum, kl_row_stats)
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -165,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& output, const at
     std::vector<acc_t> row(rows);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const bool last = r + 1 == r1;  // the next row, prefetched during this one's second pass
+        const bool last = r + 1 == r1;  // the next row, prefetched during this one's sums pass
         const scalar_t* z_next = last ? nullptr : zp + (r + 1) * n;
         const scalar_t* x_next = last ? nullptr : xp + (r + 1) * n;
         const KLRowStats<acc_t> k =

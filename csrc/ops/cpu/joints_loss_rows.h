@@ -57,9 +57,8 @@ HAL_ROW_INLINE double row_sum(int64_t n, const F& term) {
   return range_sum<acc_t>(0, n, term);
 }
 
-// Asks for the pixels [p0, p1) of `row` (null: none) to be brought into cache. A KL row's first pass
-// reads the row from memory and does little arithmetic; its second pass does much (exp, log) from
-// cache. Prefetching the next row during the second pass overlaps the two.
+// Asks for the pixels [p0, p1) of `row` (null: none) to be brought into cache: a KL row prefetches the
+// next row during its pass of exps and logs, so that the next row's reads overlap this row's arithmetic.
 template <typename T>
 HAL_ROW_INLINE void prefetch_pixels(const T* row, int64_t p0, int64_t p1) {
 #if defined(__GNUC__)
@@ -102,7 +101,7 @@ struct KLRowStats {
   double M, Z;  // max_p z_p and sum_p exp(z_p - M): lse = M + log Z
 };
 
-// Pixels per chunk of the KL rows' second pass: one AVX-512 vector of floats.
+// Pixels per chunk of the KL rows' sums pass: one AVX-512 vector of floats.
 constexpr int64_t kKLChunk = 16;
 
 // Whether any of the chunk's x'_p = x_p + eps is not 0 (NaN counts as not 0, and propagates). With
@@ -133,66 +132,96 @@ HAL_ROW_INLINE double kl_pixel_sum(const in_t* z, const tgt_t* x, int64_t n, acc
   });
 }
 
-// Two passes: (max z, S), then (Z = sum exp(z - max), XZ = sum x' z, P = sum xlogx(s x')), blocked, in
-// chunks of kKLChunk pixels: a chunk whose x'_p are all 0 adds exactly 0 to P and skips the log, which
-// is then paid only near a heatmap target's peaks. The row's loss from the sums in double
-// (kl_row_loss_from_sums), or from kl_pixel_sum where that is not finite. kStoreExp: the second pass
-// also stores exp(z_p - max) in e[p] (kl_row_forward_and_grad). The second pass prefetches the next
-// row (z_next, x_next; null for none).
+// A KL row's sums against a shift c: Z = sum_p exp(z_p - c) for any c with max_p z_p - c <= the gap below
+// holds no overflow (4096 pixels of e^64 are 2.5e31) and gives lse = c + log Z, as the maximum itself
+// would up to rounding. So a row takes c from its first block and is read in one pass (kl_sums_pass), which
+// also finds the row's maximum; a row whose maximum lies further above c, or is not finite, or whose
+// sums are not finite, or whose target sums to S < 0 (the pass takes S >= 0 for the sign in P) takes a
+// second pass against its maximum and S's sign (the two-pass form). The gap is e^64 where the exps are
+// kept in acc_t, e^8 where they are stored in a half type (whose largest value is 65504, e^11.09).
+template <bool kStoreExp, typename acc_t, typename in_t>
+constexpr double max_shift_gap() {
+  return kStoreExp && !std::is_same_v<in_t, acc_t> ? 8.0 : 64.0;
+}
+
+template <typename acc_t>
+struct KLSums {
+  double Z, XZ, P, S;  // sum exp(z - c), sum x' z, sum xlogx(s x'), sum x'
+  acc_t m;             // max_p z_p (NaN ignored)
+};
+
+// One pass over the row against shift c, blocked: each block's maximum first (a loop of its own, which
+// brings the block into L1), then per kKLChunk pixels exp(z_p - c) (stored in e[p] when kStoreExp, for
+// kl_row_forward_and_grad), x'_p z_p, x'_p and, where the chunk's x'_p are not all 0, xlogx(s x'_p) (a
+// chunk whose x'_p are all 0 adds exactly 0 to P and skips the log, which is then paid only near a
+// heatmap target's peaks; s = +-1, exact). The next row (z_next, x_next; null for none) is prefetched.
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
-HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
-                                              const in_t* z_next, const tgt_t* x_next) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  double S_sum = 0;
-  for_each_block(0, n, [&](int64_t p0, int64_t p1) {
-    acc_t s = 0;
-    HAL_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
-    for (int64_t p = p0; p < p1; ++p) {
-      m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
-      s += static_cast<acc_t>(x[p]) + eps;
-    }
-    S_sum += static_cast<double>(s);
-  });
-  // Pixel p's terms: exp(z_p - m) (stored when kStoreExp), x'_p z_p and, when kLog, xlogx(s x'_p) (s: the
-  // sign of S, kl_row_loss_from_sums; a product by +-1 is exact).
-  const acc_t sign = static_cast<acc_t>(math::kl_target_sign(S_sum));
-  const auto terms = [&](auto log_tag, int64_t p, acc_t& zs, acc_t& xzs, acc_t& ps) {
+HAL_ROW_INLINE KLSums<acc_t> kl_sums_pass(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, acc_t c, acc_t sign,
+                                          in_t* e, const in_t* z_next, const tgt_t* x_next) {
+  const auto terms = [&](auto log_tag, int64_t p, acc_t& zs, acc_t& xzs, acc_t& ps, acc_t& ss) {
     const acc_t zp = static_cast<acc_t>(z[p]), xp = static_cast<acc_t>(x[p]) + eps;
-    const acc_t ep = hal_exp_nonpositive(zp - m);
+    const acc_t ep = hal_exp_nonpositive(zp - c);  // exact for 0 < z - c <= 64 too (fast_math.h)
     if constexpr (kStoreExp) e[p] = static_cast<in_t>(ep);
     zs += ep;
     xzs += xp * zp;
+    ss += xp;
     if constexpr (decltype(log_tag)::value) ps += math::xlogx<acc_t>(sign * xp);
   };
-  double Z = 0, XZ = 0, P = 0;
+  KLSums<acc_t> sums{0, 0, 0, 0, -std::numeric_limits<acc_t>::infinity()};
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     prefetch_pixels(z_next, p0, p1);
     prefetch_pixels(x_next, p0, p1);
-    acc_t zs[kKLChunk] = {}, xzs[kKLChunk] = {}, ps[kKLChunk] = {};
-    int64_t c = p0;
-    for (; c + kKLChunk <= p1; c += kKLChunk) {
-      if (any_target(x + c, eps)) {
+    acc_t mb = -std::numeric_limits<acc_t>::infinity();
+    HAL_PRAGMA(omp simd reduction(max : mb))
+    for (int64_t p = p0; p < p1; ++p) mb = math::max_nan_ignoring<acc_t>(mb, static_cast<acc_t>(z[p]));
+    sums.m = math::max_nan_ignoring<acc_t>(sums.m, mb);
+    acc_t zs[kKLChunk] = {}, xzs[kKLChunk] = {}, ps[kKLChunk] = {}, ss[kKLChunk] = {};
+    int64_t q = p0;
+    for (; q + kKLChunk <= p1; q += kKLChunk) {
+      if (any_target(x + q, eps)) {
         HAL_SIMD
-        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::true_type{}, c + i, zs[i], xzs[i], ps[i]);
+        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::true_type{}, q + i, zs[i], xzs[i], ps[i], ss[i]);
       } else {
         HAL_SIMD
-        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::false_type{}, c + i, zs[i], xzs[i], ps[i]);
+        for (int64_t i = 0; i < kKLChunk; ++i) terms(std::false_type{}, q + i, zs[i], xzs[i], ps[i], ss[i]);
       }
     }
-    for (int64_t i = 0; c + i < p1; ++i) terms(std::true_type{}, c + i, zs[i], xzs[i], ps[i]);  // the tail
-    acc_t zb = 0, xzb = 0, pb = 0;
-    for (int64_t i = 0; i < kKLChunk; ++i) zb += zs[i], xzb += xzs[i], pb += ps[i];
-    Z += static_cast<double>(zb);
-    XZ += static_cast<double>(xzb);
-    P += static_cast<double>(pb);
+    for (int64_t i = 0; q + i < p1; ++i) terms(std::true_type{}, q + i, zs[i], xzs[i], ps[i], ss[i]);  // the tail
+    acc_t zb = 0, xzb = 0, pb = 0, sb = 0;
+    for (int64_t i = 0; i < kKLChunk; ++i) zb += zs[i], xzb += xzs[i], pb += ps[i], sb += ss[i];
+    sums.Z += static_cast<double>(zb);
+    sums.XZ += static_cast<double>(xzb);
+    sums.P += static_cast<double>(pb);
+    sums.S += static_cast<double>(sb);
   });
-  const double lse = static_cast<double>(m) + std::log(Z);
-  double loss = math::kl_row_loss_from_sums(P, XZ, S_sum, lse, n);
+  return sums;
+}
+
+// The row's statistics (see max_shift_gap): the loss from the sums in double (kl_row_loss_from_sums), or
+// from kl_pixel_sum where that is not finite; M is the shift the exps were taken against.
+template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
+HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
+                                              const in_t* z_next, const tgt_t* x_next) {
+  acc_t c = -std::numeric_limits<acc_t>::infinity();
+  const int64_t first_block = std::min(n, kSumBlock);
+  HAL_PRAGMA(omp simd reduction(max : c))
+  for (int64_t p = 0; p < first_block; ++p) c = math::max_nan_ignoring<acc_t>(c, static_cast<acc_t>(z[p]));
+  if (!std::isfinite(c)) c = 0;  // the pass finds the maximum, and the second pass takes it
+  KLSums<acc_t> sums = kl_sums_pass<kStoreExp, acc_t>(z, x, n, eps, c, acc_t(1), e, z_next, x_next);
+  const acc_t sign = static_cast<acc_t>(math::kl_target_sign(sums.S));
+  if (!std::isfinite(sums.m) || !std::isfinite(sums.Z) || !(sums.m - c <= acc_t(max_shift_gap<kStoreExp, acc_t, in_t>())) || sign < 0) {
+    c = sums.m;
+    sums = kl_sums_pass<kStoreExp, acc_t>(z, x, n, eps, c, sign, e, static_cast<const in_t*>(nullptr),
+                                          static_cast<const tgt_t*>(nullptr));
+  }
+  const double m = static_cast<double>(c), Z = sums.Z, S_sum = sums.S;
+  const double lse = m + std::log(Z);
+  double loss = math::kl_row_loss_from_sums(sums.P, sums.XZ, S_sum, lse, n);
   if (!std::isfinite(loss)) {  // the pixel form's value (kl_pixel_sum)
     const acc_t S = static_cast<acc_t>(S_sum);
     loss = math::kl_row_loss<double>(kl_pixel_sum<acc_t>(z, x, n, eps, S), static_cast<double>(S / S), lse, n);
   }
-  return {static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S_sum), static_cast<double>(m), Z};
+  return {static_cast<acc_t>(loss), static_cast<acc_t>(lse), static_cast<acc_t>(S_sum), m, Z};
 }
 
 template <typename acc_t, typename in_t, typename tgt_t>
