@@ -50,9 +50,10 @@ HAL_HOST_DEVICE acc_t kl_grad(acc_t z, acc_t x_eps, acc_t lse, acc_t T, acc_t sc
   return scale * T * hal_exp_nonpositive(z - lse) - scale_over_S * x_eps;  // z <= lse
 }
 
-// The same gradient from e = exp(z - M), stored by the forward's pass over the row (M = max_p z_p,
-// Z = sum_p e_p, lse = M + log Z): s T exp(z - lse) = (s T / Z) e, so with c = s T / Z once per row the
-// gradient costs no exp of its own. Rounds differently from kl_grad (a few ulp), for finite rows only.
+// The same gradient from e = exp(z - M), stored by the forward's pass over the row (M = max_p z_p, or a
+// shift below it in the CPU rows of JointsKLLoss; Z = sum_p e_p, lse = M + log Z): s T exp(z - lse) =
+// (s T / Z) e, so with c = s T / Z once per row the gradient costs no exp of its own. Rounds differently
+// from kl_grad (a few ulp), for finite rows only.
 template <typename acc_t>
 HAL_HOST_DEVICE acc_t kl_grad_from_exp(acc_t e, acc_t x_eps, acc_t c, acc_t scale_over_S) {
   return c * e - scale_over_S * x_eps;

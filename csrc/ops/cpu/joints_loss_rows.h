@@ -98,7 +98,7 @@ struct KLRowStats {
   acc_t loss;  // unweighted row loss
   acc_t lse;   // logsumexp of the output row
   acc_t S;     // sum of (target + epsilon)
-  double M, Z;  // max_p z_p and sum_p exp(z_p - M): lse = M + log Z
+  double M, Z;  // the shift (max_p z_p, or up to 64 below it: kl_row_stats) and sum_p exp(z_p - M): lse = M + log Z
 };
 
 // Pixels per chunk of the KL rows' sums pass: one AVX-512 vector of floats.
@@ -241,8 +241,8 @@ HAL_ROW_INLINE void kl_row_grad(const in_t* z, const tgt_t* x, int64_t n, acc_t 
   }
 }
 
-// Whether a row's gradient can be taken from the stored exp(z - M): a finite max and a finite Z (>= 1
-// then: the max's own term is 1). Other rows (inf/NaN logits) take kl_row_grad, torch's propagation.
+// Whether a row's gradient can be taken from the stored exp(z - M): a finite shift and a finite Z (>= 1
+// then: the max's own term is at least 1). Other rows (inf/NaN logits) take kl_row_grad, torch's propagation.
 template <typename acc_t>
 HAL_ROW_INLINE bool exp_reusable(const KLRowStats<acc_t>& k) {
   return std::isfinite(k.M) && std::isfinite(k.Z);
