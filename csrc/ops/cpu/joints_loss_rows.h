@@ -144,6 +144,15 @@ constexpr double max_shift_gap() {
   return kStoreExp && !std::is_same_v<in_t, acc_t> ? 8.0 : 64.0;
 }
 
+// max_{p0 <= p < p1} z_p, NaN ignored (-inf for none).
+template <typename acc_t, typename in_t>
+HAL_ROW_INLINE acc_t range_max(const in_t* z, int64_t p0, int64_t p1) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  HAL_PRAGMA(omp simd reduction(max : m))
+  for (int64_t p = p0; p < p1; ++p) m = math::max_nan_ignoring<acc_t>(m, static_cast<acc_t>(z[p]));
+  return m;
+}
+
 template <typename acc_t>
 struct KLSums {
   double Z, XZ, P, S;  // sum exp(z - c), sum x' z, sum xlogx(s x'), sum x'
@@ -171,10 +180,7 @@ HAL_ROW_INLINE KLSums<acc_t> kl_sums_pass(const in_t* z, const tgt_t* x, int64_t
   for_each_block(0, n, [&](int64_t p0, int64_t p1) {
     prefetch_pixels(z_next, p0, p1);
     prefetch_pixels(x_next, p0, p1);
-    acc_t mb = -std::numeric_limits<acc_t>::infinity();
-    HAL_PRAGMA(omp simd reduction(max : mb))
-    for (int64_t p = p0; p < p1; ++p) mb = math::max_nan_ignoring<acc_t>(mb, static_cast<acc_t>(z[p]));
-    sums.m = math::max_nan_ignoring<acc_t>(sums.m, mb);
+    sums.m = math::max_nan_ignoring<acc_t>(sums.m, range_max<acc_t>(z, p0, p1));
     acc_t zs[kKLChunk] = {}, xzs[kKLChunk] = {}, ps[kKLChunk] = {}, ss[kKLChunk] = {};
     int64_t q = p0;
     for (; q + kKLChunk <= p1; q += kKLChunk) {
@@ -202,10 +208,7 @@ HAL_ROW_INLINE KLSums<acc_t> kl_sums_pass(const in_t* z, const tgt_t* x, int64_t
 template <bool kStoreExp, typename acc_t, typename in_t, typename tgt_t>
 HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int64_t n, acc_t eps, in_t* e,
                                               const in_t* z_next, const tgt_t* x_next) {
-  acc_t c = -std::numeric_limits<acc_t>::infinity();
-  const int64_t first_block = std::min(n, kSumBlock);
-  HAL_PRAGMA(omp simd reduction(max : c))
-  for (int64_t p = 0; p < first_block; ++p) c = math::max_nan_ignoring<acc_t>(c, static_cast<acc_t>(z[p]));
+  acc_t c = range_max<acc_t>(z, 0, std::min(n, kSumBlock));
   if (!std::isfinite(c)) c = 0;  // the pass finds the maximum, and the second pass takes it
   KLSums<acc_t> sums = kl_sums_pass<kStoreExp, acc_t>(z, x, n, eps, c, acc_t(1), e, z_next, x_next);
   const acc_t sign = static_cast<acc_t>(math::kl_target_sign(sums.S));
