@@ -212,7 +212,8 @@ HAL_ROW_INLINE KLRowStats<acc_t> kl_row_stats(const in_t* z, const tgt_t* x, int
   if (!std::isfinite(c)) c = 0;  // the pass finds the maximum, and the second pass takes it
   KLSums<acc_t> sums = kl_sums_pass<kStoreExp, acc_t>(z, x, n, eps, c, acc_t(1), e, z_next, x_next);
   const acc_t sign = static_cast<acc_t>(math::kl_target_sign(sums.S));
-  if (!std::isfinite(sums.m) || !std::isfinite(sums.Z) || !(sums.m - c <= acc_t(max_shift_gap<kStoreExp, acc_t, in_t>())) || sign < 0) {
+  constexpr acc_t kGap = static_cast<acc_t>(max_shift_gap<kStoreExp, acc_t, in_t>());
+  if (!std::isfinite(sums.m) || !std::isfinite(sums.Z) || !(sums.m - c <= kGap) || sign < 0) {
     c = sums.m;
     sums = kl_sums_pass<kStoreExp, acc_t>(z, x, n, eps, c, sign, e, static_cast<const in_t*>(nullptr),
                                           static_cast<const tgt_t*>(nullptr));
