@@ -73,6 +73,14 @@ int64_t first_index_of_max(const scalar_t* p, int64_t n, acc_t m, bool nan) {
   return 0;  // unreachable for n > 0
 }
 
+// The first argmax of p[0, n) from its maximum m (NaN ignored) and whether it holds a NaN: the first NaN
+// if so (NaN = max), else the first element equal to m (first_index_of_max).
+template <typename scalar_t, typename acc_t>
+pseudo_label_math::ArgMax<acc_t> argmax_from_max(const scalar_t* p, int64_t n, acc_t m, bool nan) {
+  if (nan) m = static_cast<acc_t>(NAN);
+  return {m, first_index_of_max(p, n, m, nan)};
+}
+
 // First argmax of p[0, n) (NaN = max, lowest index among equals), in two vectorised passes over
 // blocks of L elements: the maximum and whether a NaN occurs (lane-wise max/or, L lanes), then the
 // first element equal to it (or the first NaN), which re-reads the map from L1/L2 and stops at the
@@ -110,8 +118,7 @@ pseudo_label_math::ArgMax<at::opmath_type<scalar_t>> map_argmax(const scalar_t* 
     m = v > m ? v : m;
     nan = nan || v != v;
   }
-  if (nan) m = static_cast<acc_t>(NAN);
-  return {m, first_index_of_max(p, n, m, nan)};
+  return argmax_from_max(p, n, m, nan);
 }
 
 #undef HAL_SIMD_OR

@@ -141,8 +141,8 @@ struct NextMaps {
 
 // A finite KL row's exp pass: Z = sum_p exp(z_p - m) (blocked as row_sum; kStoreExp: each exp stored in e,
 // for kl_sparse_grad_from_exp), prefetching `next`. With a map y (y_adv's dtype), its first argmax in
-// *peak, map_argmax's result: y's maximum (NaN if any) in the pass, then its first index from L1
-// (first_index_of_max). The map is the row's own (mode 'min') or the same keypoint's in the task's next
+// *peak, map_argmax's result: y's maximum and whether it holds a NaN in the pass, then the first index
+// from L1 (argmax_from_max). The map is the row's own (mode 'min') or the same keypoint's in the task's next
 // sample (mode 'max'): y is read in this pass, which waits on memory anyway, rather than in the first
 // pass or a pass of its own (see the top of the file).
 template <bool kStoreExp, typename acc_t, typename in_t>
@@ -173,11 +173,7 @@ HAL_ROW_INLINE double kl_exp_pass(const in_t* z, int64_t n, acc_t m, in_t* e, co
     }
     Z += static_cast<double>(zs);
   });
-  if (y) {
-    const bool nan = y_nan != 0;
-    const acc_t y_max = nan ? static_cast<acc_t>(NAN) : ym;
-    *peak = {y_max, first_index_of_max(y, n, y_max, nan)};
-  }
+  if (y) *peak = argmax_from_max(y, n, ym, y_nan != 0);
   return Z;
 }
 
