@@ -144,7 +144,7 @@ struct NextMaps {
 // *peak, map_argmax's result: y's maximum and whether it holds a NaN in the pass, then the first index
 // from L1 (argmax_from_max). The map is the row's own (mode 'min') or the same keypoint's in the task's next
 // sample (mode 'max'): y is read in this pass, which waits on memory anyway, rather than in the first
-// pass or a pass of its own (see the top of the file).
+// pass or a pass of its own (see the top of regression_disparity_kernel.cpp).
 template <bool kStoreExp, typename acc_t, typename in_t>
 HAL_ROW_INLINE double kl_exp_pass(const in_t* z, int64_t n, acc_t m, in_t* e, const NextMaps<in_t>& next,
                                   const in_t* y, pseudo_label_math::ArgMax<acc_t>* peak) {
@@ -177,12 +177,13 @@ HAL_ROW_INLINE double kl_exp_pass(const in_t* z, int64_t n, acc_t m, in_t* e, co
   return Z;
 }
 
-// The KL row statistics of a finite row (see the top of the file) from its first pass (m and sum x'_p z_p
-// against the base) and its exp pass (Z): the window's terms exchanged for its own in sum x'_p z_p, and in
-// S and P (the sample's base sums). None for a row whose target sums to S < 0 (a negative epsilon: P is
-// the base's, summed for S > 0, see kl_row_loss_from_sums), and for a row whose loss from its sums is not
-// finite (kl_pixel_sum): such a row takes the dense form, as does a row with a non-finite logit (which
-// makes sum x'_p z_p non-finite, as does a sum that overflows: the caller skips the exp pass).
+// The KL row statistics of a finite row (math at the top of regression_disparity_kernel.cpp) from its first
+// pass (m and sum x'_p z_p against the base) and its exp pass (Z): the window's terms exchanged for its own
+// in sum x'_p z_p, and in S and P (the sample's base sums). None for a row whose target sums to S < 0 (a
+// negative epsilon: P is the base's, summed for S > 0, see kl_row_loss_from_sums), and for a row whose loss
+// from its sums is not finite (kl_pixel_sum): such a row takes the dense form, as does a row with a
+// non-finite logit (which makes sum x'_p z_p non-finite, as does a sum that overflows: the caller skips the
+// exp pass).
 template <typename acc_t, typename in_t>
 HAL_ROW_INLINE std::optional<KLRowStats<acc_t>> kl_sparse_stats(const in_t* z, int64_t n, const SparseTarget& t,
                                                                 const FirstPass<acc_t>& first, double Z,
